@@ -1,0 +1,121 @@
+"""results.json: one schema, validated on write and on read, written atomically.
+
+Pure Python on purpose: report/ reads these files without importing torch.
+Extend keys freely; renaming one needs a SCHEMA_VERSION bump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+FILENAME = "results.json"
+STATUSES = ("ok", "failed", "diverged", "oom", "refused")
+
+# key -> allowed JSON types; every record carries all of them (values may be empty dicts).
+REQUIRED: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "run_id": (str,),
+    "status": (str,),
+    "error": (str, type(None)),
+    "config": (dict,),
+    "model": (dict,),
+    "method": (dict,),
+    "dataset": (dict,),
+    "seed": (int,),
+    "params": (dict,),
+    "memory": (dict,),
+    "speed": (dict,),
+    "metrics": (dict,),
+    "timings": (dict,),
+    "env": (dict,),
+}
+# Sub-keys that the report relies on.
+REQUIRED_SUB = {
+    "model": ("family", "size"),
+    "method": ("name", "family"),
+    "dataset": ("name",),
+}
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def validate(rec: dict[str, Any]) -> dict[str, Any]:
+    """Raise SchemaError naming the first problem; return rec unchanged."""
+    if not isinstance(rec, dict):
+        raise SchemaError("record is not a JSON object")
+    for key, types in REQUIRED.items():
+        if key not in rec:
+            raise SchemaError(f"missing key '{key}'")
+        if not isinstance(rec[key], types) or (types == (int,) and isinstance(rec[key], bool)):
+            raise SchemaError(f"key '{key}' has type {type(rec[key]).__name__}")
+    if rec["schema_version"] > SCHEMA_VERSION:
+        raise SchemaError(f"schema_version {rec['schema_version']} is newer than {SCHEMA_VERSION}")
+    if rec["status"] not in STATUSES:
+        raise SchemaError(f"status '{rec['status']}' not in {STATUSES}")
+    for key, subs in REQUIRED_SUB.items():
+        for s in subs:
+            if s not in rec[key]:
+                raise SchemaError(f"missing key '{key}.{s}'")
+    for k, v in rec["params"].items():
+        if k != "delta_rank" and v is not None and not isinstance(v, (int, float)):
+            raise SchemaError(f"params.{k} is not a number")
+    return rec
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """Hash of the resolved config without output paths: the same run has the same id anywhere."""
+    cfg = {k: v for k, v in config.items() if k not in ("paths", "hydra")}
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write(path: str | os.PathLike, rec: dict[str, Any]) -> Path:
+    """Validate, then write via a temp file + rename so a crash never leaves half a file."""
+    validate(rec)
+    path = Path(path)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(rec, f, indent=2, sort_keys=True, default=str, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate; raises SchemaError (or json errors wrapped in it) on a bad file."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SchemaError(f"{path}: unreadable ({e})") from e
+    try:
+        return validate(rec)
+    except SchemaError as e:
+        raise SchemaError(f"{path}: {e}") from e
+
+
+def empty_record(**fields: Any) -> dict[str, Any]:
+    """A record with every required key present, overridden by ``fields``."""
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run_id": "", "status": "ok", "error": None,
+        "config": {}, "model": {"family": "", "size": ""}, "method": {"name": "", "family": ""},
+        "dataset": {"name": ""}, "seed": 0, "params": {}, "memory": {}, "speed": {},
+        "metrics": {}, "timings": {}, "env": {},
+    }
+    rec.update(fields)
+    return rec
