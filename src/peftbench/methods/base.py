@@ -1,0 +1,186 @@
+"""The Method protocol and the helpers every method shares.
+
+A method is a dataclass of its hyper-parameters with one ``apply(model, ctx)``: it transforms a
+Hugging Face model in place (or wraps it) and leaves ``requires_grad`` set on exactly what trains.
+The LightningModule never names a method; it only asks the method to apply, save and load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from peftbench.errors import ConfigError
+
+FAMILIES = ("additive", "selective", "reparameterized", "hybrid")
+TASKS = ("classification", "causal_lm")
+
+
+@dataclass
+class ApplyContext:
+    """What a method may know about the model it adapts, resolved before any weight is loaded."""
+
+    task: str  # "classification" | "causal_lm"
+    model_type: str  # HF config.model_type, e.g. "bert", "gpt2", "llama"
+    family: str  # peftbench model family, e.g. "minilm"
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    max_positions: int
+    head_modules: list[str] = field(default_factory=list)  # task head names (classifier/score)
+    # Default target modules for this architecture: keys "attention" (q/v style), "attention_all",
+    # "ffn", "all_linear"; methods pick one when the user leaves target_modules null.
+    targets: dict[str, list[str]] = field(default_factory=dict)
+    layers_path: str = ""  # dotted path to the ModuleList of transformer blocks
+    hf_config: Any = None  # the transformers PretrainedConfig (no weights)
+    # Qualified module names of the task model, read off a meta-device build: lets methods refuse
+    # targets that match nothing before any weight is loaded.
+    module_names: list[str] = field(default_factory=list)
+
+    @property
+    def peft_task_type(self) -> str:
+        return "SEQ_CLS" if self.task == "classification" else "CAUSAL_LM"
+
+
+@dataclass
+class Method:
+    """Base for all methods. Subclasses are dataclasses; their fields are the hyper-parameters."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line: what trains
+    tasks: ClassVar[tuple[str, ...]] = TASKS
+    freezes_base: ClassVar[bool] = True
+    supports_merge: ClassVar[bool] = False
+    # DDP: methods whose forward may skip trainable parameters need find_unused_parameters.
+    ddp_find_unused: ClassVar[bool] = False
+    supports_grad_checkpointing: ClassVar[bool] = True
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "Method":
+        """Build from the ``method`` config group; unknown keys are refused by name."""
+        data = {k: v for k, v in dict(cfg).items() if k not in ("name", "family", "_target_")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"method '{cls.name}' has no option(s) {unknown}; its options: {sorted(known)}",
+                option=f"method.{unknown[0]}",
+            )
+        return cls(**data)
+
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- checks before any weight is loaded --------------------------------------------------
+    def check(self, ctx: ApplyContext) -> None:
+        """Refuse combinations that cannot work, naming the option. Called before loading weights."""
+        if ctx.task not in self.tasks:
+            raise ConfigError(
+                f"method '{self.name}' does not support task '{ctx.task}' (supports {list(self.tasks)})",
+                option="method",
+            )
+
+    def load_kwargs(self, ctx: ApplyContext) -> dict[str, Any]:
+        """Extra ``from_pretrained`` kwargs the method needs at load time (e.g. 4-bit quantization)."""
+        return {}
+
+    # ---- the transformation ----------------------------------------------------------------
+    def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:
+        raise NotImplementedError
+
+    # ---- what must be saved to rebuild the fine-tuned model from the base -------------------------
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+    def save(self, model: nn.Module, out_dir: str | Path) -> list[Path]:
+        """Default: trainable tensors as safetensors + method.json. peft methods override."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = self.trainable_state(model)
+        save_file(state, str(out / "adapter_model.safetensors"))
+        (out / "method.json").write_text(json.dumps({"name": self.name, "hparams": self.hparams()}, indent=2, default=str))
+        return [out / "adapter_model.safetensors", out / "method.json"]
+
+    def load(self, base: nn.Module, in_dir: str | Path, ctx: ApplyContext) -> nn.Module:
+        """Apply to a fresh base, then load the saved trainable state onto it."""
+        from safetensors.torch import load_file
+
+        model = self.apply(base, ctx)
+        state = load_file(str(Path(in_dir) / "adapter_model.safetensors"))
+        missing = set(state) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ConfigError(f"saved state has tensors the model lacks: {sorted(missing)[:3]}", option="method")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in state.items():
+                params[n].copy_(t)
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the update into the base weights (no added parameters at inference)."""
+        raise NotImplementedError(f"method '{self.name}' has no merge")
+
+
+# ---- shared helpers ------------------------------------------------------------------------------
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_modules(model: nn.Module, names: list[str]) -> int:
+    """Unfreeze every module whose qualified name ends with one of ``names``; returns count."""
+    n = 0
+    for mod_name, mod in model.named_modules():
+        if any(mod_name == x or mod_name.endswith("." + x) for x in names):
+            for p in mod.parameters():
+                p.requires_grad_(True)
+            n += 1
+    return n
+
+
+def matching_modules(model_or_names: nn.Module | list[str], targets: list[str] | str) -> list[str]:
+    """Names of modules matched by ``targets`` (suffix names, or one regex string) — the same rule
+    as peft's ``target_modules`` so our own methods and peft agree on what a target means."""
+    names = (
+        [n for n, _ in model_or_names.named_modules()]
+        if isinstance(model_or_names, nn.Module)
+        else list(model_or_names)
+    )
+    if isinstance(targets, str):
+        rx = re.compile(targets)
+        return [n for n in names if rx.fullmatch(n)]
+    return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+
+
+def resolve_targets(targets: list[str] | str | None, ctx: ApplyContext, default_key: str = "attention") -> list[str] | str:
+    if targets is None or targets == "auto":
+        if default_key not in ctx.targets:
+            raise ConfigError(
+                f"model family '{ctx.family}' declares no default '{default_key}' targets; set method.target_modules",
+                option="method.target_modules",
+            )
+        return list(ctx.targets[default_key])
+    if isinstance(targets, str) and targets in ctx.targets:
+        return list(ctx.targets[targets])
+    return list(targets) if not isinstance(targets, str) else targets
+
+
+def require_positive(**values: Any) -> None:
+    """Refuse non-positive numeric hyper-parameters, naming the option."""
+    for key, v in values.items():
+        if v is not None and (not isinstance(v, (int, float)) or v <= 0):
+            raise ConfigError(f"must be > 0, got {v!r}", option=f"method.{key}")

@@ -1,0 +1,46 @@
+"""BitFit — Ben Zaken et al. 2022, "BitFit: Simple Parameter-efficient Fine-tuning for
+Transformer-based Masked Language-models", arXiv:2106.10199.
+
+Update rule: only bias vectors b train (W frozen); optionally the task head too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from peftbench.errors import ConfigError
+from peftbench.methods.base import ApplyContext, Method, freeze, unfreeze_modules
+from peftbench.methods.registry import register_method
+
+
+@register_method("bitfit")
+@dataclass
+class BitFit(Method):
+    family = "selective"
+    paper = "https://arxiv.org/abs/2106.10199"
+    summary = "bias terms only (+ the task head when train_head)"
+
+    train_head: bool = True
+
+    def check(self, ctx: ApplyContext) -> None:
+        super().check(ctx)
+        cfg = ctx.hf_config
+        # Llama/Qwen-style blocks have no biases (Qwen2 only on q/k/v); refuse the empty case.
+        if cfg is not None and ctx.model_type == "llama" and not getattr(cfg, "attention_bias", False) \
+                and not getattr(cfg, "mlp_bias", False) and not self.train_head:
+            raise ConfigError("this model has no bias terms to train", option="method")
+
+    def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:
+        freeze(model)
+        n = 0
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or name == "bias":
+                p.requires_grad_(True)
+                n += p.numel()
+        if self.train_head and ctx.task == "classification":
+            unfreeze_modules(model, ctx.head_modules)
+        if n == 0 and not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("the model has no bias terms to train", option="method")
+        return model
