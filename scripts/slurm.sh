@@ -168,7 +168,8 @@ cmd_start() {
   if [ "$ctld_up" = 0 ] || [ ! -s "$CONF" ]; then write_conf; fi
   if [ "$ctld_up" = 0 ]; then
     log "starting slurmctld"
-    slurmctld -f "$CONF" || { dump_logs; die "slurmctld failed to start"; }
+    # -c: start with no saved jobs (a test cluster: jobs from an earlier life are gone anyway)
+    slurmctld -c -f "$CONF" || { dump_logs; die "slurmctld failed to start"; }
   fi
   if [ "$slurmd_up" = 0 ]; then
     log "starting slurmd"
@@ -206,9 +207,30 @@ stop_one() { # name pidfile
   rm -f "$pf"
 }
 
+cancel_jobs() {
+  # Cancel every job and wait until none is left (also COMPLETING): submitit returns as soon as
+  # the result files exist, while the job's steps are still reporting back; killing munged or
+  # slurmctld then strands slurmstepd/srun forever (job stuck in CG after the next start).
+  have squeue || return 0
+  squeue -h >/dev/null 2>&1 || return 0
+  local i
+  if [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
+    log "cancelling jobs: $(echo $(squeue -h -o %i))"
+    scancel --full --quiet -u root >/dev/null 2>&1 || true
+    scancel --quiet $(squeue -h -o %i) >/dev/null 2>&1 || true
+  fi
+  for i in $(seq 1 30); do
+    [ -z "$(squeue -h -o %i 2>/dev/null)" ] && return 0
+    sleep 0.5
+  done
+  log "jobs still listed after 15 s: $(echo $(squeue -h -o '%i:%T'))"
+}
+
 cmd_stop() {
+  cancel_jobs
   stop_one slurmd "$SLURMD_PID"
   stop_one slurmctld "$CTLD_PID"
+  stop_one slurmstepd /nonexistent  # orphaned job steps, if any
   stop_one munged "$MUNGE_PID"
 }
 

@@ -128,6 +128,10 @@ class Method:
                 params[n].copy_(t)
         return model
 
+    def on_train_step_end(self, model: nn.Module, step: int) -> None:
+        """Per-step hook (after optimizer.step, before zero_grad); the LightningModule calls it for
+        every method. No-op by default; AdaLoRA re-allocates ranks here."""
+
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the update into the base weights (no added parameters at inference)."""
         raise NotImplementedError(f"method '{self.name}' has no merge")

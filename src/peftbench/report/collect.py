@@ -100,7 +100,8 @@ class Failure:
 
 @dataclass(frozen=True)
 class Skipped:
-    path: Path
+    path: Path  # as found (for the log)
+    rel: str  # relative to the scanned dir (for reports: no machine-specific prefix)
     reason: str
 
 
@@ -127,10 +128,25 @@ def family_rank(family: str) -> tuple[int, str]:
     return (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f)
 
 
+def _parse_count(s: str) -> float | None:
+    """'0.5b' -> 5e8, '125m' -> 1.25e8: size names that carry their own scale."""
+    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+    if len(s) > 1 and s[-1] in mult:
+        try:
+            return float(s[:-1]) * mult[s[-1]]
+        except ValueError:
+            return None
+    return None
+
+
 def size_rank(size: str, total: float | None = None) -> tuple[int, float, str]:
+    """Small to large: known names first, then '<n>b'-style names and measured totals."""
     s = size.lower()
     idx = SIZE_ORDER.index(s) if s in SIZE_ORDER else len(SIZE_ORDER)
-    return (idx, total if total is not None else math.inf, s)
+    n = _parse_count(s)
+    if n is None:
+        n = total if total is not None else math.inf
+    return (idx, n, s)
 
 
 def find_results(dirs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
@@ -263,11 +279,11 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
         try:
             rec = _results.read(path)
         except _results.SchemaError as e:
-            msg = str(e)
-            if str(path) not in msg:
-                msg = f"{path}: {msg}"
-            log.warning("skipping %s", msg)
-            skipped.append(Skipped(path, msg))
+            reason = str(e)
+            if reason.startswith(f"{path}: "):
+                reason = reason[len(f"{path}: "):]
+            log.warning("skipping %s: %s", path, reason)
+            skipped.append(Skipped(path, _rel(root, path), reason))
             continue
         good.append((_rel(root, path), rec))
     good = _dedupe(good)

@@ -1,0 +1,83 @@
+"""``peftbench`` subcommands. Imports are lazy: ``report`` never loads torch, and every
+``--help`` answers in well under a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _report(args: argparse.Namespace) -> int:
+    from peftbench.report import build_report
+
+    res = build_report([Path(d) for d in args.dirs], Path(args.out) if args.out else None,
+                       formats=tuple(args.formats.split(",")), plots=not args.no_plots)
+    print(res.markdown)
+    print(f"\n{res.n_ok} ok run(s), {res.n_failed} not ok, {len(res.skipped)} file(s) skipped", file=sys.stderr)
+    for f in res.files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    from peftbench.params_cmd import params_table
+
+    table = params_table(args.overrides)
+    if args.json:
+        print(json.dumps(table, indent=2, sort_keys=True))
+    else:
+        from peftbench.measure.params import param_table
+
+        print(f"{table['model']['family']} {table['model']['size']} + {table['method']['name']} "
+              f"({table['method']['family']}) on {table['task']}")
+        for label, value in param_table(table["params"]):
+            print(f"  {label:<24} {value}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from peftbench.listing import listing
+
+    for line in listing(args.what):
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peftbench", description="Compare parameter-efficient fine-tuning methods fairly. "
+                                "Train with `peftbench-train` (Hydra); inspect and report with these subcommands.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("report", help="tables (md/csv/tex/html) and plots from results.json files under DIRs")
+    r.add_argument("dirs", nargs="+", help="run or sweep output folders (searched recursively)")
+    r.add_argument("--out", help="output folder (default: <first dir>/report)")
+    r.add_argument("--formats", default="md,csv,tex,html", help="comma list of md,csv,tex,html")
+    r.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+    r.set_defaults(fn=_report)
+    pa = sub.add_parser("params", help="typed parameter counts for a composed model + method, without loading weights")
+    pa.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=roberta model_size=large method=lora method.r=8")
+    pa.add_argument("--json", action="store_true", help="machine-readable output")
+    pa.set_defaults(fn=_params)
+    li = sub.add_parser("list", help="methods, model families and sizes, datasets or experiments, one line each")
+    li.add_argument("what", choices=["methods", "models", "datasets", "experiments"])
+    li.set_defaults(fn=_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.fn(args)
+    except Exception as e:  # noqa: BLE001
+        from peftbench.errors import PeftbenchError
+
+        if isinstance(e, PeftbenchError):
+            print(f"peftbench: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One LightningDataModule for every text task: examples are read and checked at construction
+(before any weight is loaded), tokenized in ``setup`` with the ``datasets`` cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+
+from peftbench.data.collate import LengthGroupedBatchSampler, PadCollator
+from peftbench.data.examples import SplitExamples, load_examples
+from peftbench.data.tokenize import tokenize_split
+
+
+class TaskDataModule(L.LightningDataModule):
+    def __init__(self, ds: Mapping[str, Any], data_dir: str | None, batch_size: int, eval_batch_size: int | None = None,
+                 num_workers: int = 0, seed: int = 0, cache_dir: str | Path | None = None,
+                 examples: dict[str, SplitExamples] | None = None):
+        super().__init__()
+        self.ds = dict(ds)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.examples = examples if examples is not None else load_examples(self.ds, data_dir)
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "peftbench" / "tokenized")
+        self.tokenizer = None
+        self.splits: dict[str, Any] = {}
+        self.setup_seconds: float | None = None
+
+    @property
+    def task(self) -> str:
+        return self.ds["task"]
+
+    def set_tokenizer(self, tok) -> None:
+        self.tokenizer = tok
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        t0 = time.perf_counter()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for name, ex in self.examples.items():
+            self.splits[name] = tokenize_split(ex, self.tokenizer, self.ds, self.cache_dir)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.ds["name"], "task": self.task,
+            "sources": {k: v.source for k, v in self.examples.items()},
+            "sizes": {k: len(v) for k, v in self.examples.items()},
+            "padding": self.ds.get("padding", "dynamic"), "group_by_length": bool(self.ds.get("group_by_length")),
+            "max_length": self.ds.get("max_length"), "setup_seconds": self.setup_seconds,
+        }
+
+    def collator(self) -> PadCollator:
+        tok = self.tokenizer
+        fixed = int(self.ds["max_length"]) if self.ds.get("padding") == "max_length" else None
+        return PadCollator(tok.pad_token_id if tok.pad_token_id is not None else 0, 8, fixed)
+
+    def _loader(self, split: str, train: bool):
+        data = self.splits[split]
+        common = dict(collate_fn=self.collator(), num_workers=self.num_workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+        if train and self.ds.get("group_by_length"):
+            lengths = [len(x) for x in data["input_ids"]]
+            return torch.utils.data.DataLoader(data, batch_sampler=LengthGroupedBatchSampler(lengths, self.batch_size, self.seed), **common)
+        g = torch.Generator().manual_seed(self.seed)
+        return torch.utils.data.DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size,
+                                           shuffle=train, generator=g if train else None, **common)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("validation", False)
+
+    def test_dataloader(self):
+        return self._loader("test" if "test" in self.splits else "validation", False)

@@ -1,0 +1,122 @@
+"""Turn raw rows into task examples (texts + label ids, prompt/response pairs, plain text),
+checking labels and columns row by row before anything is tokenized."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from peftbench.data.sources import column, load_hub, local_dir, read_rows, split_file
+from peftbench.errors import ConfigError, DataError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class SplitExamples:
+    split: str
+    source: str  # file path or hub name: used in messages and recorded in results.json
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+
+def _label_ids(values: list[Any], names: list[str] | None, path: str, option: str) -> list[int]:
+    """Labels may be indices (0, 1, "1") or names ("Sci/Tech"); refuse anything outside the set."""
+    names = list(names or [])
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for i, v in enumerate(values):
+        s = str(v).strip()
+        if s in index:
+            out.append(index[s])
+            continue
+        try:
+            k = int(s)
+        except ValueError:
+            raise DataError(f"{path} row {i + 1}: label '{s}' is not in the label set {names}", option=option) from None
+        if names and not 0 <= k < len(names):
+            raise DataError(f"{path} row {i + 1}: label {k} is outside 0..{len(names) - 1} ({names})", option=option)
+        out.append(k)
+    return out
+
+
+def _subset(n: int, limit: int | None, seed: int) -> list[int]:
+    idx = list(range(n))
+    if limit is not None and limit < n:
+        random.Random(seed).shuffle(idx)
+        idx = sorted(idx[:limit])
+    return idx
+
+
+def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> SplitExamples:
+    task = ds["task"]
+    folder = local_dir(ds, data_dir)
+    loc = ds.get("local") or {}
+    if folder is not None:
+        path = split_file(ds, folder, split)
+        rows = read_rows(path, loc.get("format"), header=loc.get("header", True), sep=loc.get("sep"),
+                         columns=loc.get("columns"))
+        src = str(path)
+    else:
+        rows, src = load_hub(ds, split), f"hub:{(ds.get('hub') or {}).get('path')}/{split}"
+        loc = {**loc, **(ds.get("hub") or {}).get("columns", {})}
+    if not rows:
+        raise DataError(f"{src}: no rows", option=f"dataset.local.files.{split}")
+    limit = ds.get(f"{split}_limit") if split != "validation" else ds.get("val_limit")
+    keep = _subset(len(rows), limit, int(ds.get("subset_seed", 0)))
+    rows = [rows[i] for i in keep]
+    out = SplitExamples(split, src)
+    if task == "classification":
+        out.columns["text"] = [str(x) for x in column(rows, loc.get("text", "text"), src, "dataset.local.text")]
+        if loc.get("text_pair") is not None:
+            out.columns["text_pair"] = [str(x) for x in column(rows, loc["text_pair"], src, "dataset.local.text_pair")]
+        labels = column(rows, loc.get("label", "label"), src, "dataset.local.label")
+        out.columns["label"] = _label_ids(labels, ds.get("label_names"), src, "dataset.label_names")
+    elif task == "causal_lm":
+        fmt = ds.get("format", "alpaca")
+        if fmt == "text":
+            key = str(loc.get("text", "text"))
+            out.columns["text"] = [str(x) for x in column(rows, key, src, "dataset.local.text")]
+        elif fmt == "messages":
+            msgs = column(rows, loc.get("messages", "messages"), src, "dataset.local.messages")
+            for i, m in enumerate(msgs):
+                if not isinstance(m, list) or not all(isinstance(t, dict) and "role" in t and "content" in t for t in m):
+                    raise DataError(f"{src} row {i + 1}: 'messages' must be a list of {{role, content}}", option="dataset.format")
+            out.columns["messages"] = msgs
+        elif fmt in ("alpaca", "prompt_response"):
+            if fmt == "alpaca":
+                ins = column(rows, loc.get("instruction", "instruction"), src, "dataset.local.instruction")
+                inp = [r.get(loc.get("input", "input")) or "" for r in rows]
+                out.columns["prompt"] = [f"{a}\n\n{b}".strip() if b else str(a) for a, b in zip(ins, inp)]
+                out.columns["response"] = [str(x) for x in column(rows, loc.get("output", "output"), src, "dataset.local.output")]
+            else:
+                out.columns["prompt"] = [str(x) for x in column(rows, loc.get("prompt", "prompt"), src, "dataset.local.prompt")]
+                out.columns["response"] = [str(x) for x in column(rows, loc.get("response", "response"), src, "dataset.local.response")]
+        else:
+            raise ConfigError(f"unknown causal_lm format '{fmt}' (alpaca | prompt_response | messages | text)", option="dataset.format")
+    else:
+        raise ConfigError(f"unknown task '{task}'", option="dataset.task")
+    return out
+
+
+def load_examples(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
+    """All configured splits. A dataset with one file for LM text is split by ``val_fraction``."""
+    splits = [s for s in SPLITS if s in ((ds.get("local") or {}).get("files") or {})] or ["train", "validation"]
+    out = {s: load_split(ds, s, data_dir) for s in splits}
+    if "validation" not in out and ds.get("val_fraction"):
+        tr = out["train"]
+        if "text" in tr.columns and len(tr) == 1:  # one document (plain text): split by characters
+            text = tr.columns["text"][0]
+            cut = int(len(text) * (1 - ds["val_fraction"]))
+            out["train"] = SplitExamples("train", tr.source, {"text": [text[:cut]]})
+            out["validation"] = SplitExamples("validation", tr.source, {"text": [text[cut:]]})
+        else:
+            n = len(tr)
+            cut = max(1, int(n * (1 - ds["val_fraction"])))
+            out["train"] = SplitExamples("train", tr.source, {k: v[:cut] for k, v in tr.columns.items()})
+            out["validation"] = SplitExamples("validation", tr.source, {k: v[cut:] for k, v in tr.columns.items()})
+    return out

@@ -1,0 +1,137 @@
+"""Read a dataset split from a local folder (tsv/csv/jsonl/json/parquet/txt) or the hub, with
+checks that name the file and row before anything is tokenized."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from peftbench.errors import ConfigError, DataError
+
+
+def data_root(cfg_data_dir: str | None) -> Path | None:
+    d = os.environ.get("PEFTBENCH_DATA_DIR") or cfg_data_dir
+    return Path(d).expanduser() if d else None
+
+
+def local_dir(ds: Mapping[str, Any], data_dir: str | None) -> Path | None:
+    """The dataset's local folder when it exists under the data root (or as an absolute path)."""
+    loc = ds.get("local") or {}
+    sub = loc.get("dir")
+    if not sub:
+        return None
+    p = Path(sub).expanduser()
+    if not p.is_absolute():
+        root = data_root(data_dir)
+        if root is None:
+            return None
+        p = root / p
+    return p if p.is_dir() else None
+
+
+def split_file(ds: Mapping[str, Any], folder: Path, split: str) -> Path:
+    files = (ds.get("local") or {}).get("files") or {}
+    if split not in files:
+        raise ConfigError(f"dataset '{ds['name']}' has no local file for split '{split}'", option=f"dataset.local.files.{split}")
+    path = folder / files[split]
+    if not path.exists():
+        raise DataError(f"dataset file {path} is missing", option=f"dataset.local.files.{split}")
+    if path.stat().st_size == 0:
+        raise DataError(f"dataset file {path} is empty", option=f"dataset.local.files.{split}")
+    return path
+
+
+def _fmt(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    suf = path.suffix.lower().lstrip(".")
+    return {"txt": "text", "jsonl": "jsonl", "json": "json", "csv": "csv", "tsv": "tsv", "parquet": "parquet"}.get(suf, "tsv")
+
+
+def read_rows(path: Path, fmt: str | None = None, header: bool = True, sep: str | None = None,
+              columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows as dicts. Headerless delimited files get columns named by position ("0", "1", …) or by
+    ``columns``. Non-UTF-8 bytes are refused with the line number."""
+    fmt = _fmt(path, fmt)
+    try:
+        if fmt == "parquet":
+            import pandas as pd
+
+            return pd.read_parquet(path).to_dict("records")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not valid UTF-8 ({e.reason})", option="dataset.local") from e
+    if not text.strip():
+        raise DataError(f"dataset file {path} is empty", option="dataset.local")
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg})", option="dataset.local") from e
+        if isinstance(data, dict):  # {"data": [...]} style
+            data = next((v for v in data.values() if isinstance(v, list)), [data])
+        return list(data)
+    if fmt == "jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {i}: invalid JSON ({e.msg})", option="dataset.local") from e
+        return rows
+    if fmt == "text":
+        return [{"text": text}]
+    delim = sep or ("\t" if fmt == "tsv" else ",")
+    reader = csv.reader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+    rows_raw = [r for r in reader if r]
+    if header:
+        names, rows_raw = rows_raw[0], rows_raw[1:]
+    else:
+        names = columns or [str(i) for i in range(max(len(r) for r in rows_raw))]
+    out = []
+    for r in rows_raw:
+        out.append({n: (r[i] if i < len(r) else None) for i, n in enumerate(names)})
+    if not out:
+        raise DataError(f"dataset file {path} has a header but no rows", option="dataset.local")
+    return out
+
+
+def column(rows: list[dict[str, Any]], key: Any, path: Path | str, option: str) -> list[Any]:
+    """The values of one column (name or position), refusing a missing column or empty cells by row."""
+    key = str(key)
+    if key not in rows[0]:
+        raise DataError(f"{path}: no column '{key}' (columns: {list(rows[0])})", option=option)
+    vals = []
+    for i, r in enumerate(rows):
+        v = r.get(key)
+        if v is None:
+            raise DataError(f"{path} row {i + 1}: column '{key}' is missing", option=option)
+        vals.append(v)
+    return vals
+
+
+def load_hub(ds: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
+    """Load a split from the Hugging Face Hub by name (users online)."""
+    hub = ds.get("hub") or {}
+    if not hub.get("path"):
+        raise ConfigError(
+            f"dataset '{ds['name']}' has no local copy under the data dir and no hub name; "
+            "set PEFTBENCH_DATA_DIR or paths.data_dir", option="paths.data_dir",
+        )
+    import datasets
+
+    hub_split = (hub.get("splits") or {}).get(split, split)
+    try:
+        d = datasets.load_dataset(hub["path"], hub.get("name"), split=hub_split)
+    except Exception as e:  # noqa: BLE001 - offline or unknown dataset: say what to do
+        raise DataError(
+            f"could not load '{hub['path']}' ({split}) from the hub: {str(e).splitlines()[0]}. Offline? put a local "
+            f"copy under the data dir ({(ds.get('local') or {}).get('dir')}) and set PEFTBENCH_DATA_DIR",
+            option="paths.data_dir",
+        ) from e
+    return [dict(r) for r in d]

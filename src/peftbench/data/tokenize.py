@@ -1,0 +1,118 @@
+"""Tokenization per task, cached by ``datasets`` (a repeated run re-uses the arrow cache file)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Mapping
+
+from peftbench.data.examples import SplitExamples
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+# Used when the tokenizer has no chat template (documented in the README).
+DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def tokenizer_fingerprint(tok) -> str:
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    h = hashlib.sha1(json.dumps(sorted(vocab.items())[:2000] + [len(vocab)], default=str).encode())
+    h.update(str(getattr(tok, "chat_template", "")).encode())
+    return f"{type(tok).__name__}-{h.hexdigest()[:10]}"
+
+
+def _cache_key(ex: SplitExamples, tok, ds: Mapping[str, Any]) -> str:
+    knobs = {k: ds.get(k) for k in ("task", "format", "max_length", "block_size", "padding", "use_chat_template")}
+    blob = json.dumps([ex.source, ex.split, len(ex), knobs, tokenizer_fingerprint(tok)], sort_keys=True, default=str)
+    h = hashlib.sha1(blob.encode())
+    for col in sorted(ex.columns):  # content hash: a changed file invalidates the cache
+        h.update(json.dumps(ex.columns[col][:50] + ex.columns[col][-50:], default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def render_prompt(tok, prompt: str, use_chat_template: bool = True) -> str:
+    if use_chat_template and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return DEFAULT_TEMPLATE.format(prompt=prompt)
+
+
+def sft_example(tok, prompt: str, response: str, max_length: int, use_chat_template: bool = True) -> dict[str, list[int]]:
+    """Prompt tokens are masked (label -100): the loss is on the response (+ EOS) only."""
+    p_ids = tok(render_prompt(tok, prompt, use_chat_template), add_special_tokens=False)["input_ids"]
+    r_ids = tok(response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    ids = (p_ids + r_ids)[:max_length]
+    labels = ([IGNORE] * len(p_ids) + r_ids)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def messages_example(tok, messages: list[dict[str, str]], max_length: int, use_chat_template: bool = True) -> dict[str, list[int]]:
+    """Multi-turn: loss on assistant turns only. Each turn's tokens are found by rendering the
+    conversation prefix by prefix, so any chat template works."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, turn in enumerate(messages):
+        if use_chat_template and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages[: i + 1], tokenize=False,
+                                           add_generation_prompt=(turn["role"] != "assistant" and i + 1 < len(messages)
+                                                                  and messages[i + 1]["role"] == "assistant"))
+        else:
+            text = "".join(
+                (DEFAULT_TEMPLATE.format(prompt=t["content"]) if t["role"] != "assistant" else t["content"] + (tok.eos_token or "") + "\n\n")
+                for t in messages[: i + 1]
+            )
+        full = tok(text, add_special_tokens=False)["input_ids"]
+        new = full[len(ids):] if full[: len(ids)] == ids else full[len(ids):]
+        ids = ids + new
+        labels += new if turn["role"] == "assistant" else [IGNORE] * len(new)
+    ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def tokenize_split(ex: SplitExamples, tok, ds: Mapping[str, Any], cache_dir) -> Any:
+    """Returns a ``datasets.Dataset`` with input_ids/attention_mask(/labels), cached on disk."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    task, max_len = ds["task"], int(ds.get("max_length", 128))
+    base = datasets.Dataset.from_dict({k: v for k, v in ex.columns.items()})
+    key = _cache_key(ex, tok, ds)
+    cache_file = str(cache_dir / f"{ds['name']}-{ex.split}-{key}.arrow")
+    use_tpl = bool(ds.get("use_chat_template", True))
+    padding = "max_length" if ds.get("padding") == "max_length" else False
+
+    if task == "classification":
+        pair = "text_pair" in ex.columns
+
+        def fn(b):
+            enc = tok(b["text"], b["text_pair"] if pair else None, truncation=True, max_length=max_len, padding=padding)
+            enc["labels"] = b["label"]
+            return enc
+
+        remove = list(ex.columns)
+    elif ds.get("format") == "text":
+        block = int(ds.get("block_size", max_len))
+
+        def fn(b):  # pack: concatenate every document, cut into blocks (no padding at all)
+            eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+            stream = [t for doc in tok(b["text"], add_special_tokens=False)["input_ids"] for t in doc + eos]
+            n = (len(stream) // block) * block
+            chunks = [stream[i: i + block] for i in range(0, n, block)]
+            return {"input_ids": chunks, "attention_mask": [[1] * block for _ in chunks], "labels": chunks}
+
+        remove = list(ex.columns)
+    elif ds.get("format") == "messages":
+        def fn(b):
+            outs = [messages_example(tok, m, max_len, use_tpl) for m in b["messages"]]
+            return {k: [o[k] for o in outs] for k in ("input_ids", "attention_mask", "labels")}
+
+        remove = list(ex.columns)
+    else:
+        def fn(b):
+            outs = [sft_example(tok, p, r, max_len, use_tpl) for p, r in zip(b["prompt"], b["response"])]
+            return {k: [o[k] for o in outs] for k in ("input_ids", "attention_mask", "labels")}
+
+        remove = list(ex.columns)
+    out = base.map(fn, batched=True, remove_columns=remove, cache_file_name=cache_file, load_from_cache_file=True,
+                   new_fingerprint=key, desc=None)
+    return out

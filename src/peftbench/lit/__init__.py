@@ -1,0 +1,3 @@
+from peftbench.lit.module import PeftLitModule
+
+__all__ = ["PeftLitModule"]

@@ -1,0 +1,279 @@
+"""Parameter counts, each with its type (see DESIGN.md, "Parameter counts: always say which").
+
+Pure functions on ``nn.Module``s and state dicts; no training code is imported, so the CLI and
+tests can use them on any model. Names are compared after :func:`normalize_name`, which undoes
+peft's renaming so that a wrapped model's parameters line up with the base model's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "base_param_names",
+    "changed_params",
+    "count_params",
+    "delta_rank",
+    "is_quantized_4bit",
+    "lora_delta_weights",
+    "normalize_name",
+    "numel",
+    "param_table",
+    "snapshot",
+    "stored_bytes",
+]
+
+# peft wraps the model as ``base_model.model.<orig>`` (LoRA-like tuners) or ``base_model.<orig>``
+# (prompt learning); torch.compile adds ``_orig_mod.``.
+_PREFIXES = ("base_model.model.", "base_model.", "_orig_mod.")
+# peft moves the original weight of an adapted layer to ``<layer>.base_layer.weight`` and keeps
+# ``modules_to_save`` layers twice: ``<layer>.original_module.*`` (frozen) and
+# ``<layer>.modules_to_save.<adapter>.*`` (the trained copy used in forward).
+_BASE_LAYER = re.compile(r"\.base_layer(?=\.)")
+_MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.[^.]+(?=\.)")
+_ORIGINAL_MODULE = re.compile(r"\.original_module(?=\.)")
+
+
+def normalize_name(name: str) -> str:
+    """Map a (possibly peft-wrapped) parameter name back to the base model's name."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                changed = True
+    name = _BASE_LAYER.sub("", name)
+    name = _MODULES_TO_SAVE.sub("", name)
+    return _ORIGINAL_MODULE.sub("", name)
+
+
+def is_quantized_4bit(p: torch.Tensor) -> bool:
+    """True for a bitsandbytes ``Params4bit`` whose data is already packed."""
+    return getattr(p, "quant_state", None) is not None and getattr(p, "bnb_quantized", True)
+
+
+def numel(p: torch.Tensor) -> int:
+    """Scalars a parameter stands for, not the bytes it is stored in.
+
+    bitsandbytes packs two 4-bit values per uint8 (``Params4bit`` of shape ``[ceil(n/2), 1]``), so
+    ``p.numel()`` halves the count; the logical shape lives in ``p.quant_state.shape``.
+    """
+    if is_quantized_4bit(p):
+        shape = getattr(p.quant_state, "shape", None)
+        if shape is not None:
+            return int(torch.Size(shape).numel())
+        return 2 * p.numel()
+    return p.numel()
+
+
+def _dequantize(p: torch.Tensor) -> torch.Tensor | None:
+    try:
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(p.data, p.quant_state)
+    except Exception:  # noqa: BLE001 - no bnb, or a layout it cannot undo: caller skips
+        return None
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU clones of all parameters, keyed by normalised name (for :func:`changed_params`).
+
+    4-bit parameters are dequantized (their values as the model computes with them); ones that
+    cannot be dequantized are left out. For ``modules_to_save`` layers the trained copy wins over
+    ``original_module``, because it is the one the forward pass uses.
+    """
+    out: dict[str, torch.Tensor] = {}
+    from_original: set[str] = set()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            key = normalize_name(name)
+            is_original = _ORIGINAL_MODULE.search(name) is not None
+            if key in out and (is_original or key not in from_original):
+                continue  # keep the copy the forward pass uses
+            if is_quantized_4bit(p):
+                t = _dequantize(p)
+                if t is None:
+                    continue
+            else:
+                t = p.detach()
+            out[key] = t.to("cpu", copy=True)
+            if is_original:
+                from_original.add(key)
+            else:
+                from_original.discard(key)
+    return out
+
+
+def base_param_names(model: nn.Module) -> set[str]:
+    """Normalised names of the base model's parameters, taken before a method is applied."""
+    return {normalize_name(n) for n, _ in model.named_parameters()}
+
+
+def count_params(model: nn.Module, base_names: set[str] | None = None) -> dict[str, int | None]:
+    """``total``, ``trainable`` and ``added`` scalars of the model as run (4-bit aware).
+
+    ``total`` counts every parameter tensor the model holds, so peft's frozen ``original_module``
+    and trained ``modules_to_save`` copy of e.g. a classifier are both in it (memory is spent on
+    both), as peft's own ``get_nb_trainable_parameters`` does. The ``modules_to_save`` copy is
+    *not* ``added``: it replaces a base tensor rather than adding a new one. ``added`` is None
+    when ``base_names`` is not given, since only the base model can say what is new.
+    Tied parameters are counted once.
+    """
+    total = trainable = added = 0
+    for name, p in model.named_parameters():
+        n = numel(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+        if base_names is not None and normalize_name(name) not in base_names:
+            added += n
+    return {"total": total, "trainable": trainable, "added": added if base_names is not None else None}
+
+
+def changed_params(
+    final_state: Mapping[str, torch.Tensor] | nn.Module,
+    base: Mapping[str, torch.Tensor],
+    atol: float = 0.0,
+) -> int:
+    """Scalars of the final model that differ from the base by more than ``atol``.
+
+    Pass the merged model (or its :func:`snapshot`) where merging applies, so a merged LoRA
+    counts its adapted matrices in full; tensors absent from the base, or reshaped, count fully.
+    ``original_module`` copies are ignored (the forward pass uses the ``modules_to_save`` copy).
+    """
+    if isinstance(final_state, nn.Module):
+        final_state = snapshot(final_state)
+    base_n = {normalize_name(k): v for k, v in base.items()}
+    seen: set[str] = set()
+    changed = 0
+    with torch.no_grad():
+        for name, t in final_state.items():
+            if _ORIGINAL_MODULE.search(name):
+                continue
+            key = normalize_name(name)
+            if key in seen:
+                continue
+            seen.add(key)
+            if is_quantized_4bit(t):
+                deq = _dequantize(t)
+                if deq is None:
+                    changed += numel(t)
+                    continue
+                t = deq
+            ref = base_n.get(key)
+            if ref is None or tuple(ref.shape) != tuple(t.shape):
+                changed += t.numel()
+                continue
+            diff = (t.detach().to("cpu", torch.float32) - ref.to(torch.float32)).abs()
+            changed += int((diff > atol).sum().item())
+    return changed
+
+
+def stored_bytes(paths: Iterable[Path | str] | Path | str) -> int:
+    """Bytes on disk of the given files, directories counted recursively."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    total = 0
+    for path in map(Path, paths):
+        if path.is_dir():
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def delta_rank(delta: Mapping[str, torch.Tensor], tol: float | None = None) -> dict[str, int]:
+    """Numerical rank of each ΔW (conv kernels flattened to ``[out, -1]``).
+
+    ``tol`` is an absolute singular-value threshold; None uses torch's default
+    (``eps · max(m, n) · σ_max``), which suits float32 products like ``B @ A``.
+    """
+    out: dict[str, int] = {}
+    for name, d in delta.items():
+        m = d.detach().to("cpu", torch.float32)
+        if m.ndim == 1:
+            m = m.unsqueeze(0)
+        elif m.ndim > 2:
+            m = m.reshape(m.shape[0], -1)
+        out[name] = int(torch.linalg.matrix_rank(m, atol=tol).item())
+    return out
+
+
+def lora_delta_weights(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """ΔW = B·A·scaling for each peft LoRA layer, keyed by the base weight's normalised name.
+
+    Duck-typed on peft's ``LoraLayer`` (``lora_A``/``lora_embedding_A`` + ``get_delta_weight``)
+    so peft is not imported. With several adapters on a layer the key gets ``[adapter]``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for mname, module in peft_model.named_modules():
+            getter = getattr(module, "get_delta_weight", None)
+            if getter is None:
+                continue
+            adapters: list[str] = []
+            for attr in ("lora_A", "lora_embedding_A"):
+                container = getattr(module, attr, None)
+                if container is not None and hasattr(container, "keys"):
+                    adapters.extend(k for k in container.keys() if k not in adapters)
+            if not adapters:
+                continue
+            key = normalize_name(f"{mname}.weight")
+            for adapter in adapters:
+                d = getter(adapter).detach()
+                out[key if len(adapters) == 1 else f"{key}[{adapter}]"] = d
+    return out
+
+
+_LABELS = {
+    "total": "total params (scalars in the model as run)",
+    "trainable": "trainable params (updated by the optimizer)",
+    "added": "added params (not in the base model)",
+    "changed": "changed params (differ from the base after merge)",
+    "stored_bytes": "stored bytes (to rebuild from the base)",
+    "delta_rank": "delta rank (rank of ΔW per adapted matrix)",
+}
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n:,} B" if unit == "B" else f"{n:,} B ({value:.1f} {unit})"
+        value /= 1024
+    return f"{n:,} B"
+
+
+def param_table(counts: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(label, value) rows in which every number names its type, for the CLI and reports.
+
+    Known keys come first in DESIGN.md's order; unknown keys are kept under their own name.
+    ``trainable``/``added``/``changed`` also show their share of ``total``.
+    """
+    rows: list[tuple[str, str]] = []
+    total = counts.get("total")
+    keys = [k for k in _LABELS if k in counts] + [k for k in counts if k not in _LABELS]
+    for key in keys:
+        value = counts[key]
+        label = _LABELS.get(key, key)
+        if value is None:
+            text = "n/a"
+        elif key == "stored_bytes" and isinstance(value, int):
+            text = _human_bytes(value)
+        elif key == "delta_rank" and isinstance(value, Mapping):
+            ranks = sorted(set(value.values()))
+            text = "n/a" if not ranks else (str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = f"{value:,}"
+            if key in ("trainable", "added", "changed") and isinstance(total, int) and total > 0:
+                text += f" ({100.0 * value / total:.3f}% of total)"
+        else:
+            text = str(value)
+        rows.append((label, text))
+    return rows

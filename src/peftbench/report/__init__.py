@@ -1,0 +1,83 @@
+"""Reports from results.json files: tables (md/csv/tex/html) and plots.
+
+Imports only the stdlib and ``peftbench.results`` so ``peftbench report`` starts instantly
+and runs on a laptop without torch; matplotlib is loaded only when plots are drawn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftbench.report.collect import Collection, Failure, Group, Skipped, Stat, collect
+from peftbench.report.tables import build_tables, failures_csv, to_csv, to_html, to_latex, to_markdown
+
+__all__ = ["ReportResult", "build_report", "collect", "Collection", "Group", "Failure", "Skipped",
+           "Stat", "to_markdown", "to_csv", "to_latex", "to_html"]
+
+FORMATS = ("md", "csv", "tex", "html")
+
+
+@dataclass
+class ReportResult:
+    """What build_report made; the CLI prints ``markdown`` and reports counts."""
+
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+    n_ok: int = 0
+    n_failed: int = 0  # every run whose status is not "ok" (failed, diverged, oom, refused)
+    skipped: list[Path] = field(default_factory=list)
+    collection: Collection | None = None
+
+
+def _write(path: Path, text: str, files: list[Path]) -> None:
+    # newline="\n": identical bytes on every OS, so committed reports do not churn.
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    files.append(path)
+
+
+def build_report(
+    dirs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    formats: Sequence[str] = FORMATS,
+    plots: bool = True,
+) -> ReportResult:
+    """Collect every results.json under ``dirs`` and write the report into ``out``.
+
+    ``out`` defaults to ``<first dir>/report/``. Prints nothing: unreadable files are logged
+    as warnings (logger ``peftbench.report.collect``) and listed in ``result.skipped``.
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise ValueError("build_report needs at least one directory")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")
+    out_dir = Path(out) if out is not None else (dirs[0] if dirs[0].is_dir() else dirs[0].parent) / "report"
+
+    coll = collect(dirs)
+    tables = build_tables(coll)
+    files: list[Path] = []
+    images: list[Path] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if plots and coll.groups:
+        from peftbench.report.plots import make_plots
+
+        written = make_plots(coll, out_dir / "plots")
+        files += written
+        images = [p for p in written if p.suffix == ".png"]
+    md = to_markdown(coll, tables, [p.relative_to(out_dir).as_posix() for p in images])
+    if "md" in formats:
+        _write(out_dir / "report.md", md, files)
+    if "csv" in formats:
+        _write(out_dir / "report.csv", to_csv(coll), files)
+        _write(out_dir / "failures.csv", failures_csv(coll), files)
+    if "tex" in formats:
+        _write(out_dir / "report.tex", to_latex(coll, tables), files)
+    if "html" in formats:
+        _write(out_dir / "report.html", to_html(coll, tables, images), files)
+    return ReportResult(markdown=md, files=files, n_ok=coll.n_ok, n_failed=len(coll.failures),
+                        skipped=[s.path for s in coll.skipped], collection=coll)

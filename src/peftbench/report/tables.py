@@ -1,0 +1,543 @@
+"""Render a Collection as Markdown, CSV, LaTeX (booktabs) and one self-contained HTML page.
+
+All renderers share one table model (``build_tables``) so the formats can never disagree.
+Output is a pure function of the input: no timestamps, no absolute paths, fixed float
+formatting, stable ordering — so committed reports diff cleanly.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from peftbench.report.collect import Collection, Group, Stat, lower_is_better
+
+DASH = "—"
+PARAM_NOTE = (
+    "Parameter columns name their count type: *trainable* = updated by the optimizer; "
+    "*% trainable* = trainable / total model scalars; *added* = scalars not in the base model; "
+    "*changed* = scalars of the final model that differ from the base; "
+    "*stored bytes* = what must be saved to rebuild the fine-tuned model from the base."
+)
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+def _decimals(x: float) -> int:
+    return 2 if abs(x) >= 100 else 4
+
+
+def fmt_float(x: float, decimals: int | None = None) -> str:
+    """Fixed precision by magnitude: 4 decimals for scores, 2 for ppl-like values."""
+    if not math.isfinite(x):
+        return str(x)
+    d = _decimals(x) if decimals is None else decimals
+    return f"{x:.{d}f}"
+
+
+def fmt_stat(st: Stat | None) -> str:
+    """mean ± std (n); std shares the mean's decimals so columns line up."""
+    if st is None:
+        return DASH
+    if st.std is None:
+        return f"{fmt_float(st.mean)} ({st.n})"
+    d = _decimals(st.mean)
+    return f"{fmt_float(st.mean, d)} ± {fmt_float(st.std, d)} ({st.n})"
+
+
+def fmt_count(x: float | None) -> str:
+    """Human-readable scalar count (1.23M); exact below 1000."""
+    if x is None:
+        return DASH
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def fmt_bytes(x: float | None) -> str:
+    if x is None:
+        return DASH
+    for div, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(x) >= div:
+            return f"{x / div:.2f} {unit}"
+    return f"{x:.0f} B"
+
+
+def fmt_plain(x: float | None, digits: int = 1) -> str:
+    return DASH if x is None else f"{x:.{digits}f}"
+
+
+def fmt_raw(x: Any) -> str:
+    """CSV numbers: exact integers stay integers, floats get 10 significant digits."""
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        if x.is_integer() and abs(x) < 1e15:
+            return str(int(x))
+        return f"{x:.10g}"
+    return str(x)
+
+
+# ---------------------------------------------------------------- table model
+
+@dataclass
+class Cell:
+    text: str
+    value: float | None = None  # raw number, for sorting (html) and choosing the best
+    best: bool = False
+
+
+@dataclass
+class Column:
+    header: str
+    get: Callable[[Group], Cell]
+    numeric: bool = True
+    metric: str | None = None  # set for task-metric columns: those get a "best" mark
+    keep_empty: bool = False  # parameter columns are shown even when unmeasured
+
+
+@dataclass
+class Table:
+    model_family: str
+    model_size: str
+    dataset: str
+    task: str
+    columns: list[Column]
+    groups: list[Group]
+    rows: list[list[Cell]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _stat_val(st: Stat | None) -> float | None:
+    return None if st is None else st.mean
+
+
+def _param_col(header: str, key: str, fmt: Callable[[float | None], str]) -> Column:
+    def get(g: Group) -> Cell:
+        v = _stat_val(g.params.get(key))
+        return Cell(fmt(v), v)
+    return Column(header, get, keep_empty=True)
+
+
+def _section_col(header: str, section: str, key: str, fmt: Callable[[float | None], str],
+                 oom_text: str | None = None) -> Column:
+    def get(g: Group) -> Cell:
+        if g.status == "oom" and oom_text:
+            return Cell(oom_text)
+        v = _stat_val(getattr(g, section).get(key))
+        return Cell(fmt(v), v)
+    return Column(header, get)
+
+
+def _metric_col(metric: str) -> Column:
+    arrow = "↓" if lower_is_better(metric) else "↑"
+
+    def get(g: Group) -> Cell:
+        if g.status == "oom":
+            return Cell("OOM")
+        st = g.metrics.get(metric)
+        return Cell(fmt_stat(st), _stat_val(st))
+    return Column(f"{metric} {arrow}", get, metric=metric)
+
+
+def _n_cell(g: Group) -> Cell:
+    n = len(g.seeds)
+    text = str(n) + (f" (+{g.n_oom} OOM)" if g.n_oom and n else "")
+    return Cell(text, float(n))
+
+
+def _pct_cell(g: Group) -> Cell:
+    p = g.pct_trainable
+    if p is None:
+        return Cell(DASH)
+    return Cell(f"{p:.3f}%", p)
+
+
+def _columns(groups: Sequence[Group]) -> list[Column]:
+    metrics = sorted({m for g in groups for m in g.metrics})
+    cols = [
+        Column("method", lambda g: Cell(g.method), numeric=False),
+        Column("method family", lambda g: Cell(g.method_family or DASH), numeric=False),
+        Column("seeds", _n_cell),
+        _param_col("trainable params", "trainable", fmt_count),
+        Column("% trainable", _pct_cell, keep_empty=True),
+        _param_col("added params", "added", fmt_count),
+        _param_col("changed params", "changed", fmt_count),
+        _param_col("stored bytes", "stored_bytes", fmt_bytes),
+    ]
+    cols += [_metric_col(m) for m in metrics]
+    cols += [
+        _section_col("peak GPU alloc (MB)", "memory", "peak_gpu_allocated_mb", fmt_plain, "OOM"),
+        _section_col("peak GPU reserved (MB)", "memory", "peak_gpu_reserved_mb", fmt_plain, "OOM"),
+        _section_col("peak RSS (MB)", "memory", "peak_rss_mb", fmt_plain),
+        _section_col("train tokens/s", "speed", "train_tokens_per_s", fmt_plain),
+        _section_col("useful tokens/s", "speed", "useful_tokens_per_s", fmt_plain),
+        _section_col("inference overhead", "speed", "inference_overhead", lambda v: fmt_plain(v, 3)),
+    ]
+    return cols
+
+
+def _mark_best(table: Table) -> None:
+    """Bold the best mean per metric column; ties share it; needs ≥ 2 rows to compare."""
+    for j, col in enumerate(table.columns):
+        if col.metric is None:
+            continue
+        vals = [row[j].value for row in table.rows if row[j].value is not None]
+        if len(vals) < 2:
+            continue
+        best = min(vals) if lower_is_better(col.metric) else max(vals)
+        for row in table.rows:
+            if row[j].value is not None and row[j].value == best:
+                row[j].best = True
+
+
+def _budget_notes(groups: Sequence[Group]) -> list[str]:
+    """Say whether methods were trained under one budget: unequal budgets skew comparisons."""
+    keys = sorted({k for g in groups for k in g.budget})
+    same, differ = [], []
+    for k in keys:
+        vals = sorted({fmt_raw(g.budget.get(k)) if g.budget.get(k) is not None else DASH for g in groups})
+        (same if len(vals) == 1 else differ).append((k, vals))
+    notes = []
+    if same:
+        notes.append("budget: " + ", ".join(f"{k}={v[0]}" for k, v in same))
+    if differ:
+        notes.append("WARNING: budget differs across rows: "
+                     + "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in differ))
+    return notes
+
+
+def build_tables(coll: Collection) -> list[Table]:
+    """One table per model × size × dataset, rows ordered by method family then method."""
+    buckets: dict[tuple[str, str, str], list[Group]] = {}
+    for g in coll.groups:  # already sorted; dict keeps first-seen order
+        buckets.setdefault((g.model_family, g.model_size, g.dataset), []).append(g)
+    tables = []
+    for (fam, size, ds), groups in buckets.items():
+        cols = _columns(groups)
+        rows = [[c.get(g) for c in cols] for g in groups]
+        # Drop measurement columns nobody measured (e.g. GPU memory on a CPU sweep).
+        keep = [j for j, c in enumerate(cols)
+                if c.keep_empty or not c.numeric or c.metric
+                or any(r[j].value is not None for r in rows)]
+        t = Table(fam, size, ds, groups[0].task, [cols[j] for j in keep], groups,
+                  [[r[j] for j in keep] for r in rows], _budget_notes(groups))
+        _mark_best(t)
+        tables.append(t)
+    return tables
+
+
+def _blocks(tables: Sequence[Table]) -> list[tuple[tuple[str, str], list[Table]]]:
+    """Tables grouped per model × size, so size effects read top to bottom."""
+    out: dict[tuple[str, str], list[Table]] = {}
+    for t in tables:
+        out.setdefault((t.model_family, t.model_size), []).append(t)
+    return list(out.items())
+
+
+def _summary(coll: Collection) -> str:
+    by_status: dict[str, int] = {}
+    for f in coll.failures:
+        by_status[f.status] = by_status.get(f.status, 0) + 1
+    not_ok = sum(by_status.values())
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+    parts = [f"{coll.n_ok} ok run{'s' if coll.n_ok != 1 else ''}",
+             f"{not_ok} not ok" + (f" ({detail})" if detail else ""),
+             f"{len(coll.groups)} group{'s' if len(coll.groups) != 1 else ''}",
+             f"{len(coll.skipped)} unreadable file{'s' if len(coll.skipped) != 1 else ''} skipped"]
+    return " · ".join(parts)
+
+
+def _first_line(s: str, limit: int = 160) -> str:
+    lines = [ln.strip() for ln in s.strip().splitlines() if ln.strip()]
+    # The last line of a traceback names the exception; it is the informative one.
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+FAIL_HEADERS = ["status", "model", "size", "dataset", "method", "seed", "run_id", "error", "path"]
+
+
+def _fail_row(f: Any) -> list[str]:
+    return [f.status, f.model_family, f.model_size, f.dataset, f.method, str(f.seed),
+            f.run_id or DASH, _first_line(f.error) or DASH, f.path]
+
+
+# ---------------------------------------------------------------- markdown
+
+def _md_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    out = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
+           "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def to_markdown(coll: Collection, tables: Sequence[Table] | None = None,
+                plot_files: Sequence[str] = ()) -> str:
+    """The report as GitHub-flavoured Markdown; best metric per column in bold."""
+    tables = build_tables(coll) if tables is None else tables
+    lines = ["# peftbench report", "", _summary(coll), ""]
+    if tables:
+        lines += [PARAM_NOTE, "", "Metrics: mean ± sample std (n seeds); best per column in bold.", ""]
+    for (fam, size), ts in _blocks(tables):
+        lines += [f"## {fam} · {size}", ""]
+        for t in ts:
+            lines += [f"### {t.dataset}" + (f" ({t.task})" if t.task else ""), ""]
+            rows = [[(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text)) for c in r]
+                    for r in t.rows]
+            lines += _md_table([c.header for c in t.columns], rows, [c.numeric for c in t.columns])
+            lines.append("")
+            lines += [f"_{_md_escape(n)}_" for n in t.notes]
+            if t.notes:
+                lines.append("")
+    if coll.failures:
+        lines += ["## Runs that did not finish", ""]
+        lines += _md_table(FAIL_HEADERS, [[_md_escape(x) for x in _fail_row(f)] for f in coll.failures],
+                           [False] * len(FAIL_HEADERS))
+        lines.append("")
+    if coll.skipped:
+        lines += ["## Skipped files", "",
+                  f"{len(coll.skipped)} results.json file(s) could not be read or failed validation:", ""]
+        lines += [f"- `{s.rel}`: {_md_escape(_first_line(s.reason))}" for s in coll.skipped]
+        lines.append("")
+    if plot_files:
+        lines += ["## Plots", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plot_files]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- csv
+
+def to_csv(coll: Collection) -> str:
+    """One flat row per group with raw numbers (mean/std/n per metric), for pandas & co."""
+    groups = coll.groups
+    metrics = sorted({m for g in groups for m in g.metrics})
+    params = sorted({k for g in groups for k in g.params})
+    memory = sorted({k for g in groups for k in g.memory})
+    speed = sorted({k for g in groups for k in g.speed})
+    header = ["model_family", "model_size", "dataset", "task", "method_family", "method", "status",
+              "n_seeds", "seeds", "n_oom"]
+    header += [f"params_{k}" for k in params] + ["pct_trainable"]
+    for m in metrics:
+        header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
+    header += [f"memory_{k}" for k in memory] + [f"speed_{k}" for k in speed]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for g in groups:
+        row: list[str] = [g.model_family, g.model_size, g.dataset, g.task, g.method_family, g.method,
+                          g.status, str(len(g.seeds)), " ".join(map(str, g.seeds)), str(g.n_oom)]
+        row += [fmt_raw(_stat_val(g.params.get(k))) for k in params]
+        row.append(fmt_raw(g.pct_trainable))
+        for m in metrics:
+            st = g.metrics.get(m)
+            row += ["", "", ""] if st is None else [fmt_raw(st.mean), fmt_raw(st.std), str(st.n)]
+        row += [fmt_raw(_stat_val(g.memory.get(k))) for k in memory]
+        row += [fmt_raw(_stat_val(g.speed.get(k))) for k in speed]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def failures_csv(coll: Collection) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FAIL_HEADERS)
+    for f in coll.failures:
+        w.writerow([f.status, f.model_family, f.model_size, f.dataset, f.method, f.seed,
+                    f.run_id, f.error, f.path])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- latex
+
+_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_UNI = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "—": "---", "·": r"$\cdot$",
+            "×": r"$\times$", "…": r"\ldots{}"}
+
+
+def tex_escape(s: str) -> str:
+    out = "".join(_TEX_ESC.get(ch, ch) for ch in s)
+    for k, v in _TEX_UNI.items():
+        out = out.replace(k, v)
+    return out
+
+
+def to_latex(coll: Collection, tables: Sequence[Table] | None = None) -> str:
+    """booktabs tables (one per model × size × dataset), a \\midrule between method families."""
+    tables = build_tables(coll) if tables is None else tables
+    out = ["% Generated by peftbench report. Requires \\usepackage{booktabs}.", ""]
+    for t in tables:
+        spec = "".join("r" if c.numeric else "l" for c in t.columns)
+        cap = f"{t.model_family} {t.model_size} on {t.dataset}"
+        out += ["\\begin{table}[t]", "\\centering", "\\small",
+                f"\\caption{{{tex_escape(cap)}}}",
+                f"\\label{{tab:{_slug(t.model_family)}-{_slug(t.model_size)}-{_slug(t.dataset)}}}",
+                f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+                " & ".join(tex_escape(c.header) for c in t.columns) + " \\\\", "\\midrule"]
+        prev = None
+        for g, row in zip(t.groups, t.rows):
+            if prev is not None and g.method_family != prev:
+                out.append("\\midrule")
+            prev = g.method_family
+            cells = [(f"\\textbf{{{tex_escape(c.text)}}}" if c.best else tex_escape(c.text)) for c in row]
+            out.append(" & ".join(cells) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    if coll.failures:
+        out += ["\\begin{table}[t]", "\\centering", "\\small", "\\caption{Runs that did not finish}",
+                "\\begin{tabular}{" + "l" * 6 + "}", "\\toprule",
+                " & ".join(tex_escape(h) for h in FAIL_HEADERS[:6]) + " \\\\", "\\midrule"]
+        for f in coll.failures:
+            out.append(" & ".join(tex_escape(x) for x in _fail_row(f)[:6]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(out)
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in s.lower()).strip("-") or "x"
+
+
+# ---------------------------------------------------------------- html
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
+th,td{border-bottom:1px solid #ddd;padding:3px 8px;white-space:nowrap}
+th{background:#f4f4f4;cursor:pointer;user-select:none;position:sticky;top:0}
+th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.best{font-weight:bold;background:#eef8ee}
+tr.fam-start td{border-top:2px solid #999}
+#filters{position:sticky;top:0;background:#fff;padding:.5em 0;z-index:2}
+#filters input,#filters select{margin-right:.5em}
+.note{color:#555;font-size:12px}.warn{color:#a40}
+figure{display:inline-block;margin:0 1em 1em 0}figure img{max-width:640px}
+"""
+
+_JS = """
+(function(){
+function apply(){
+ var q=document.getElementById('q').value.toLowerCase(),sel={};
+ document.querySelectorAll('select[data-key]').forEach(function(s){sel[s.dataset.key]=s.value;});
+ document.querySelectorAll('tbody tr').forEach(function(tr){
+  var ok=tr.textContent.toLowerCase().indexOf(q)>=0;
+  for(var k in sel){if(sel[k]&&tr.dataset[k]!==undefined&&tr.dataset[k]!==sel[k])ok=false;}
+  tr.style.display=ok?'':'none';});
+ document.querySelectorAll('.block').forEach(function(b){
+  var any=Array.prototype.some.call(b.querySelectorAll('tbody tr'),
+   function(tr){return tr.style.display!=='none';});
+  b.style.display=any?'':'none';});
+}
+document.getElementById('q').addEventListener('input',apply);
+document.querySelectorAll('select[data-key]').forEach(function(s){s.addEventListener('change',apply);});
+document.querySelectorAll('th').forEach(function(th){th.addEventListener('click',function(){
+ var table=th.closest('table'),idx=Array.prototype.indexOf.call(th.parentNode.children,th);
+ var asc=th.dataset.dir!=='asc';
+ table.querySelectorAll('th').forEach(function(h){delete h.dataset.dir;});
+ th.dataset.dir=asc?'asc':'desc';
+ var tb=table.tBodies[0],rows=Array.prototype.slice.call(tb.rows);
+ function key(r){var c=r.cells[idx],v=c.dataset.v;
+  return (v!==undefined&&v!=='')?parseFloat(v):c.textContent.trim().toLowerCase();}
+ rows.sort(function(a,b){var x=key(a),y=key(b),xn=typeof x==='number',yn=typeof y==='number',r;
+  if(xn&&yn)r=x-y;else if(xn)r=-1;else if(yn)r=1;else r=x<y?-1:(x>y?1:0);return asc?r:-r;});
+ rows.forEach(function(r){r.classList.remove('fam-start');tb.appendChild(r);});
+});});
+})();
+"""
+
+
+def _e(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def _select(key: str, label: str, values: Sequence[str]) -> str:
+    opts = "".join(f'<option value="{_e(v)}">{_e(v)}</option>' for v in values)
+    return (f'<select data-key="{key}" aria-label="{_e(label)}">'
+            f'<option value="">all {_e(label)}</option>{opts}</select>')
+
+
+def to_html(coll: Collection, tables: Sequence[Table] | None = None,
+            images: Sequence[Path] = ()) -> str:
+    """One self-contained page: inline CSS/JS, sortable + filterable tables, base64 plots."""
+    tables = build_tables(coll) if tables is None else tables
+    g_all = coll.groups
+    models = sorted({g.model_family for g in g_all} | {f.model_family for f in coll.failures})
+    sizes = sorted({g.model_size for g in g_all} | {f.model_size for f in coll.failures})
+    fams = sorted({g.method_family for g in g_all if g.method_family})
+    dsets = sorted({g.dataset for g in g_all} | {f.dataset for f in coll.failures})
+    p = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
+         '<meta name="viewport" content="width=device-width,initial-scale=1">',
+         '<title>peftbench report</title>', f'<style>{_CSS}</style></head><body>',
+         '<h1>peftbench report</h1>', f'<p>{_e(_summary(coll))}</p>',
+         f'<p class="note">{_e(PARAM_NOTE.replace("*", ""))} Metrics: mean ± sample std (n seeds); '
+         'best per column in bold. Click a header to sort.</p>',
+         '<div id="filters"><input id="q" type="search" placeholder="filter rows…">',
+         _select("model", "models", models), _select("size", "sizes", sizes),
+         _select("family", "method families", fams), _select("dataset", "datasets", dsets), '</div>']
+    for (fam, size), ts in _blocks(tables):
+        p.append(f'<div class="block"><h2>{_e(fam)} · {_e(size)}</h2>')
+        for t in ts:
+            p.append(f'<div class="block"><h3>{_e(t.dataset)}' + (f' ({_e(t.task)})' if t.task else '')
+                     + '</h3><table><thead><tr>'
+                     + "".join(f"<th>{_e(c.header)}</th>" for c in t.columns) + '</tr></thead><tbody>')
+            prev = None
+            for g, row in zip(t.groups, t.rows):
+                cls = ' class="fam-start"' if prev is not None and g.method_family != prev else ''
+                prev = g.method_family
+                attrs = (f' data-model="{_e(g.model_family)}" data-size="{_e(g.model_size)}"'
+                         f' data-family="{_e(g.method_family)}" data-dataset="{_e(g.dataset)}"')
+                tds = []
+                for c, cell in zip(t.columns, row):
+                    classes = (["num"] if c.numeric else []) + (["best"] if cell.best else [])
+                    ca = f' class="{" ".join(classes)}"' if classes else ''
+                    dv = f' data-v="{fmt_raw(cell.value)}"' if cell.value is not None else ''
+                    tds.append(f'<td{ca}{dv}>{_e(cell.text)}</td>')
+                p.append(f'<tr{cls}{attrs}>' + "".join(tds) + '</tr>')
+            p.append('</tbody></table>')
+            for n in t.notes:
+                warn = " warn" if n.startswith("WARNING") else ""
+                p.append(f'<p class="note{warn}">{_e(n)}</p>')
+            p.append('</div>')
+        p.append('</div>')
+    if coll.failures:
+        p.append('<div class="block"><h2>Runs that did not finish</h2><table><thead><tr>'
+                 + "".join(f"<th>{_e(h)}</th>" for h in FAIL_HEADERS) + '</tr></thead><tbody>')
+        for f in coll.failures:
+            attrs = (f' data-model="{_e(f.model_family)}" data-size="{_e(f.model_size)}"'
+                     f' data-dataset="{_e(f.dataset)}"')
+            row = _fail_row(f)
+            row[7] = f.error.strip() or DASH
+            cells = []
+            for i, x in enumerate(row):
+                if i == 7:
+                    cells.append(f'<td title="{_e(x)}">{_e(_first_line(x))}</td>')
+                else:
+                    cells.append(f'<td>{_e(x)}</td>')
+            p.append(f'<tr{attrs}>' + "".join(cells) + '</tr>')
+        p.append('</tbody></table></div>')
+    if coll.skipped:
+        p.append(f'<h2>Skipped files</h2><p class="note warn">{len(coll.skipped)} results.json file(s) '
+                 'could not be read or failed validation:</p><ul>'
+                 + "".join(f'<li><code>{_e(s.rel)}</code>: {_e(s.reason)}</li>' for s in coll.skipped)
+                 + '</ul>')
+    if images:
+        p.append('<h2>Plots</h2>')
+        for img in images:
+            data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
+            p.append(f'<figure><img alt="{_e(img.stem)}" src="data:image/png;base64,{data}">'
+                     f'<figcaption>{_e(img.stem)}</figcaption></figure>')
+    p.append(f'<script>{_JS}</script></body></html>')
+    return "\n".join(p) + "\n"
