@@ -79,6 +79,8 @@ def batch(task: str, seed: int = 1) -> dict[str, torch.Tensor]:
     am = torch.ones_like(ids)
     if task == "classification":
         return {"input_ids": ids, "attention_mask": am, "labels": torch.randint(0, LABELS, (N_EXAMPLES,), generator=g)}
+    # learnable LM data: each sequence counts up from a random start (next token = this token + 1)
+    ids = (ids[:, :1] + torch.arange(SEQ)) % (VOCAB - 1) + 1
     return {"input_ids": ids, "attention_mask": am, "labels": ids.clone()}
 
 
@@ -137,10 +139,11 @@ def hparams_for(name: str, task: str, tmp_dir: Path) -> dict[str, Any]:
 
 # learning rate for the "loss goes down when overfitting 16 examples" check
 LR: dict[str, float] = {"full": 1e-3, "layers": 3e-3, "diff_pruning": 3e-3, "vera": 5e-2, "ia3": 5e-2,
-                        "prompt_tuning": 1e-1, "p_tuning": 1e-2, "p_tuning_v2": 3e-2, "prefix_tuning": 1e-2,
+                        "prompt_tuning": 1e-1, "p_tuning": 3e-2, "p_tuning_v2": 3e-2, "prefix_tuning": 1e-2,
                         "head_only": 3e-2, "bitfit": 3e-2}
 DEFAULT_LR = 1e-2
 STEPS = 30
+MIN_DECREASE = 0.005  # absolute loss decrease required after STEPS steps
 
 # (method, task) pairs a method refuses by design, with the reason
 UNSUPPORTED: dict[tuple[str, str], str] = {

@@ -222,7 +222,8 @@ def test_peftbench_sweep_on_slurm(slurm_cluster, tmp_path):
     for p in results:
         rec = json.loads(p.read_text())
         assert rec["status"] == "ok", (p, rec.get("status"), rec.get("error"))
-        assert rec["env"]["world_size"] == 2, (p, rec["env"])
+        # contract: env.world_size is the DDP world size the run actually had (here: the 2 srun ranks)
+        assert rec["env"].get("world_size") == 2, (p, rec["env"], rec.get("budget"), rec.get("env_extra"))
         assert rec["metrics"], (p, "no metrics")
         name = rec["method"]["name"] if isinstance(rec["method"], dict) else rec["method"]
         methods.add(name)

@@ -40,8 +40,23 @@ def _params(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from peftbench.listing import listing
 
-    for line in listing(args.what):
-        print(line)
+    whats = [args.what] if args.what else ["methods", "models", "datasets", "experiments"]
+    for what in whats:
+        if len(whats) > 1:
+            print(f"{what}:" if what == whats[0] else f"\n{what}:")
+        for line in listing(what):
+            print(line)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from peftbench.export import export_run
+
+    res = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
+    how = {"peft": "peft adapter (PeftModel.from_pretrained / AutoPeftModelFor*.from_pretrained)",
+           "merged": "merged Hugging Face model (AutoModelFor*.from_pretrained)",
+           "peftbench": "peftbench adapter (safetensors + method.json; peft has no such method)"}[res.kind]
+    print(f"wrote {how} to {res.out}")
     return 0
 
 
@@ -60,8 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--json", action="store_true", help="machine-readable output")
     pa.set_defaults(fn=_params)
     li = sub.add_parser("list", help="methods, model families and sizes, datasets or experiments, one line each")
-    li.add_argument("what", choices=["methods", "models", "datasets", "experiments"])
+    li.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "experiments"],
+                    help="what to list (default: all four); use a name with peftbench-train, e.g. method=lora")
     li.set_defaults(fn=_list)
+    ex = sub.add_parser("export", help="a run's adapter in peft's format, or (--merge) a merged plain HF model",
+                        description="Export a finished run. Without --merge: the adapter in peft's format "
+                        "(loadable with PeftModel.from_pretrained) plus tokenizer; our own methods are copied "
+                        "as safetensors + method.json. With --merge: the update folded into the base weights, "
+                        "saved with save_pretrained (+ tokenizer), where the method supports merging.")
+    ex.add_argument("run_dir", help="a run's output folder (holds results.json and adapter/)")
+    ex.add_argument("--out", help="output folder (default: <run_dir>/export or <run_dir>/merged)")
+    ex.add_argument("--merge", action="store_true", help="fold the update into the base and save a plain HF model")
+    ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    ex.set_defaults(fn=_export)
     return p
 
 
@@ -69,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = args.fn(args)
+    except BrokenPipeError:  # `peftbench list | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as e:  # noqa: BLE001
         from peftbench.errors import PeftbenchError
 

@@ -45,16 +45,40 @@ def make_strategy(cfg: DictConfig, method) -> Any:
     raise ConfigError(f"unknown strategy '{name}' (single | ddp | fsdp)", option="strategy")
 
 
+def effective_optim(cfg: DictConfig) -> dict[str, Any]:
+    """The global optimizer block, with what the method config declares under `optim` on top."""
+    merged = OmegaConf.merge(cfg.optim, cfg.method.get("optim") or {})
+    return OmegaConf.to_container(merged, resolve=True)
+
+
 def make_loggers(cfg: DictConfig, out: Path) -> list[Any]:
     from hydra.utils import instantiate
 
     lg = cfg.get("logger")
     if not lg:
         return []
-    return [instantiate(v) for v in lg.values() if v is not None and v.get("_target_")]
+    loggers = [instantiate(v) for v in lg.values() if v is not None and v.get("_target_")]
+    if loggers:  # every tracker gets the resolved config (wandb: run config; tensorboard/csv: hparams)
+        hp = OmegaConf.to_container(cfg, resolve=True)
+        for logger in loggers:
+            logger.log_hyperparams(hp)
+    return loggers
 
 
 def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Plan the budget (effective batch → micro-batch × accumulation, precision, memory cap), then
+    run; an OOM becomes a retry at half the micro-batch (``micro_batch_size: auto``) or an ``oom``
+    record (src/peftbench/budget.py)."""
+    from peftbench.budget import check_gradient_checkpointing, plan_budget, run_with_budget
+    from peftbench.data.packing import check_packing
+
+    budget = plan_budget(cfg)  # refusals before any weight or token
+    check_gradient_checkpointing(cfg)
+    check_packing(cfg)
+    return run_with_budget(budget, lambda b: _run_text_once(cfg, out, b))
+
+
+def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
     import lightning as L
     import torch
 
@@ -69,10 +93,14 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = make_plan(cfg)  # every refusal happens here, before weights or tokenization
+    from peftbench.forgetting import ForgettingMeter, plan_forgetting
+
+    forget_plan = plan_forgetting(cfg)  # checks + reads the general set, still before weights
     timings["plan_s"] = time.perf_counter() - t0
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=gpu but no CUDA device is visible", option="trainer.accelerator")
     strategy = make_strategy(cfg, plan.method)
+    loggers = make_loggers(cfg, out)  # a tracker that cannot run is refused before weights load
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t = time.perf_counter()
@@ -81,16 +109,23 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
                        init_seed=int(cfg.model.get("init_seed", 0)))
     timings["load_model_s"] = time.perf_counter() - t
     base_names = pm.base_param_names(model)
+    forget = ForgettingMeter(forget_plan, tok) if forget_plan is not None else None
+    if forget is not None:  # general ability of the base model, before any update
+        forget.before(model)
     base_snapshot = pm.snapshot(model) if cfg.measure.changed else None
     base_model = copy.deepcopy(model) if cfg.measure.inference_overhead else None
     torch.manual_seed(int(cfg.seed))
     model = plan.method.apply(model, plan.ctx)
+    if cfg.model.get("gradient_checkpointing"):
+        from peftbench.budget import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     counts = pm.count_params(model, base_names)
     if counts["trainable"] == 0:
         raise ConfigError(f"method '{plan.method.name}' left nothing trainable", option="method")
 
     dm = TaskDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.paths.get("data_dir"),
-                        batch_size=int(cfg.data.batch_size), eval_batch_size=int(cfg.data.eval_batch_size),
+                        batch_size=budget.micro_batch_size, eval_batch_size=int(cfg.data.eval_batch_size),
                         num_workers=int(cfg.data.num_workers), seed=int(cfg.seed),
                         cache_dir=Path(cfg.paths.cache_dir) / "tokenized", examples=plan.examples)
     dm.set_tokenizer(tok)
@@ -99,7 +134,7 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
     timings["data_setup_s"] = time.perf_counter() - t
 
     hook = getattr(plan.method, "on_train_step_end", None)
-    lit = PeftLitModule(model, make_task(plan.task, plan.num_labels), OmegaConf.to_container(cfg.optim, resolve=True),
+    lit = PeftLitModule(model, make_task(plan.task, plan.num_labels), effective_optim(cfg),
                         step_hook=hook)
     memcb = mem.MemoryCallback()
     thr = tp.ThroughputCallback(warmup_steps=int(cfg.measure.warmup_steps))
@@ -107,12 +142,39 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     first = FirstStepTimer(t_start=t0)
     callbacks = [memcb, thr, DivergenceCallback(every_n_steps=int(cfg.measure.finite_check_every)), first]
-    trainer = L.Trainer(default_root_dir=str(out), logger=make_loggers(cfg, out) or False, callbacks=callbacks,
-                        strategy=strategy, enable_checkpointing=False, **_trainer_kwargs(cfg))
+    from peftbench.progress import progress_callbacks
+
+    tkw = _trainer_kwargs(cfg)
+    tkw.update(precision=budget.precision, accumulate_grad_batches=budget.accumulate_grad_batches)
+    # rich bar on a terminal, plain periodic lines in CI / SLURM logs (see peftbench.progress)
+    bars, tkw["enable_progress_bar"] = progress_callbacks(bool(tkw.get("enable_progress_bar", True)),
+                                                          int(tkw.get("log_every_n_steps") or 25))
+    callbacks += bars
+    from peftbench import resume
+    from peftbench.results import run_id
+
+    # resumable: trainable-state checkpoints + a sampler whose epoch order is (seed, epoch) only
+    train_loader = resume.resumable_loader(dm.train_dataloader(), int(cfg.seed))
+    rid = run_id(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_cb = resume.make_checkpoint_callback(OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True),
+                                              out, rid, train_loader)
+    ckpt_path = None
+    if ckpt_cb is not None:
+        callbacks.append(ckpt_cb)
+        lit.strict_loading = False  # checkpoints hold trainable tensors only; the base is reloaded
+        ckpt_path = resume.resume_path(out, rid)
+    trainer = L.Trainer(default_root_dir=str(out), logger=loggers or False, callbacks=callbacks,
+                        strategy=strategy, enable_checkpointing=ckpt_cb is not None, **tkw)
+    if trainer.world_size != budget.world_size:  # the effective batch was planned for another world size
+        raise ConfigError(f"Lightning launched {trainer.world_size} processes, the budget planned {budget.world_size}",
+                          option="trainer.devices")
     t = time.perf_counter()
     model.train()  # from_pretrained returns eval mode; dropout must be on while training
     # No validation inside fit: one validate after it gives the numbers (same for every method).
-    trainer.fit(lit, train_dataloaders=dm.train_dataloader())
+    from peftbench.budget import memory_cap
+
+    with memory_cap(budget.memory_limit_mb):  # PEFTBENCH_MEMORY_LIMIT_MB: a smaller machine, for real
+        trainer.fit(lit, train_dataloaders=train_loader, ckpt_path=ckpt_path)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics: dict[str, float] = {}
@@ -125,9 +187,16 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
     timings["first_step_s"] = first.seconds
     model = lit.model
 
-    record: dict[str, Any] = {"metrics": metrics, "timings": timings}
+    record: dict[str, Any] = {"metrics": metrics, "timings": timings,
+                              "resumed_from_step": ckpt_cb.resumed_from_step if ckpt_cb is not None else None}
     if trainer.global_rank != 0:
         return record
+    if forget is not None:  # the same measurement on the fine-tuned model
+        try:
+            record["forgetting"] = forget.after(model)
+        except Exception as e:  # noqa: BLE001 - a failed side measurement must not lose the trained run
+            log.error("forgetting measurement failed: %s", e)
+            record["forgetting"] = {**forget.block, "error": f"{type(e).__name__}: {e}"}
     saved = plan.method.save(model, out / "adapter")
     counts["stored_bytes"] = pm.stored_bytes(saved)
     counts["delta_rank"] = None
@@ -141,6 +210,10 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
                 counts["delta_rank"] = None
         counts["changed"] = pm.changed_params({n: p.detach() for n, p in final.named_parameters()}, base_snapshot)
     speed = thr.summary()
+    packed = getattr(dm, "packed_collator", None)  # packed batches carry no attention_mask to count
+    if packed is not None and packed.padding_fraction is not None and speed.get("train_tokens_per_s"):
+        speed.update(padding_fraction=packed.padding_fraction,
+                     useful_tokens_per_s=speed["train_tokens_per_s"] * (1 - packed.padding_fraction))
     if base_model is not None:
         speed.update(_latencies(model, base_model, plan.method, next(iter(dm.val_dataloader()))))
     memory = memcb.summary()
@@ -150,16 +223,15 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
         params=counts, memory=memory, speed=speed,
         model={"family": plan.spec.family, "size": plan.spec.size, "checkpoint": plan.spec.source,
                "total": counts["total"] - counts.get("added", 0)},
-        method={"name": plan.method.name, "family": plan.method.family, "hparams": plan.method.hparams()},
-        dataset=dm.describe(),
-        budget={"precision": str(cfg.trainer.get("precision")), "micro_batch_size": int(cfg.data.batch_size),
-                "accumulate_grad_batches": int(cfg.trainer.get("accumulate_grad_batches") or 1),
-                "world_size": world,
-                "effective_batch_size": int(cfg.data.batch_size) * int(cfg.trainer.get("accumulate_grad_batches") or 1) * world,
-                "optimizer_steps": int(trainer.global_step)},
+        method={"name": plan.method.name, "family": plan.method.family, "hparams": plan.method.hparams(),
+                "optim": effective_optim(cfg)},
+        dataset={**dm.describe(), "truncated": {k: getattr(v, "truncated", None) for k, v in dm.examples.items()}},
+        budget=budget.record(int(trainer.global_step)),
         artifacts={"adapter_dir": str(out / "adapter")},
     )
-    record["env_extra"] = {"world_size": world}
+    record["env"] = {"world_size": world, "strategy": str(cfg.strategy.name)}
+    if ckpt_cb is not None and not cfg.checkpoint.get("keep", False):
+        resume.remove_checkpoints(out)  # the adapter and results.json are what a finished run keeps
     return record
 
 

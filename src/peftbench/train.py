@@ -119,7 +119,7 @@ def base_record(cfg: DictConfig, rid: str) -> dict[str, Any]:
         model={"family": c["model"].get("family", ""), "size": c["model_size"]["name"]},
         method={"name": c["method"]["name"], "family": "", "hparams": {k: v for k, v in c["method"].items() if k != "name"}},
         dataset={"name": c["dataset"]["name"], "task": c["dataset"].get("task")},
-        env={"trust_remote_code": bool(c["model"].get("trust_remote_code", False))},
+        env={"trust_remote_code": bool(c["model"].get("trust_remote_code", False)), "world_size": 1},
     )
 
 
@@ -145,7 +145,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else:
             from peftbench.run_text import run_text
 
-            rec.update(run_text(cfg, out))
+            part = run_text(cfg, out)
+            rec["env"].update(part.pop("env", {}))
+            rec.update(part)
         rec["status"] = rec.get("status") or "ok"
     except PeftbenchError as e:
         rec.update(status="refused", error=str(e))
@@ -165,6 +167,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results.write(out, rec)
         except OSError as e:
             log.error("could not write results.json to %s: %s", out, e)
+        try:
+            from peftbench.summary import render_summary
+
+            render_summary(rec, out)
+        except Exception as e:  # noqa: BLE001 - a display problem must never fail a finished run
+            log.warning("could not print the run summary: %s", e)
     return rec
 
 

@@ -43,7 +43,16 @@ class TaskDataModule(L.LightningDataModule):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for name, ex in self.examples.items():
             self.splits[name] = tokenize_split(ex, self.tokenizer, self.ds, self.cache_dir)
+        if self.packing and "train" in self.splits:  # eval stays unpacked: metrics per example, as ever
+            from peftbench.data.packing import pack_dataset
+
+            self.splits["train"] = pack_dataset(self.splits["train"], int(self.ds.get("max_length", 128)))
         self.setup_seconds = time.perf_counter() - t0
+
+    @property
+    def packing(self) -> bool:
+        """Causal-LM SFT rows packed with several examples (data/packing.py); checked at plan time."""
+        return bool(self.ds.get("packing")) and self.task == "causal_lm" and self.ds.get("format") != "text"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -52,6 +61,8 @@ class TaskDataModule(L.LightningDataModule):
             "sizes": {k: len(v) for k, v in self.examples.items()},
             "padding": self.ds.get("padding", "dynamic"), "group_by_length": bool(self.ds.get("group_by_length")),
             "max_length": self.ds.get("max_length"), "setup_seconds": self.setup_seconds,
+            "packing": self.packing,
+            "packed_train_rows": len(self.splits["train"]) if self.packing and "train" in self.splits else None,
         }
 
     def collator(self) -> PadCollator:
@@ -61,7 +72,12 @@ class TaskDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool):
         data = self.splits[split]
-        common = dict(collate_fn=self.collator(), num_workers=self.num_workers,
+        collate = self.collator()
+        if train and self.packing:
+            from peftbench.data.packing import PackedCollator
+
+            collate = self.packed_collator = PackedCollator(collate.pad_id)
+        common = dict(collate_fn=collate, num_workers=self.num_workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
         if train and self.ds.get("group_by_length"):
             lengths = [len(x) for x in data["input_ids"]]

@@ -19,6 +19,7 @@ class SplitExamples:
     split: str
     source: str  # file path or hub name: used in messages and recorded in results.json
     columns: dict[str, list[Any]] = field(default_factory=dict)
+    truncated: int | None = None  # examples cut to dataset.max_length (set by tokenization)
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
@@ -86,6 +87,11 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
             for i, m in enumerate(msgs):
                 if not isinstance(m, list) or not all(isinstance(t, dict) and "role" in t and "content" in t for t in m):
                     raise DataError(f"{src} row {i + 1}: 'messages' must be a list of {{role, content}}", option="dataset.format")
+                bad = sorted({str(t["role"]) for t in m} - {"system", "user", "assistant"})
+                if bad:
+                    raise DataError(f"{src} row {i + 1}: unknown role(s) {bad} (system | user | assistant)", option="dataset.format")
+                if not any(t["role"] == "assistant" for t in m):
+                    raise DataError(f"{src} row {i + 1}: no assistant turn, so nothing to train on", option="dataset.format")
             out.columns["messages"] = msgs
         elif fmt in ("alpaca", "prompt_response"):
             if fmt == "alpaca":
@@ -105,6 +111,10 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
 
 def load_examples(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
     """All configured splits. A dataset with one file for LM text is split by ``val_fraction``."""
+    if ds.get("mix"):  # several sources at fixed ratios (data/mixing.py)
+        from peftbench.data.mixing import load_mix
+
+        return load_mix(ds, data_dir)
     splits = [s for s in SPLITS if s in ((ds.get("local") or {}).get("files") or {})] or ["train", "validation"]
     out = {s: load_split(ds, s, data_dir) for s in splits}
     if "validation" not in out and ds.get("val_fraction"):

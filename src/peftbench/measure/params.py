@@ -39,6 +39,9 @@ _MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.[^.]+(?=\.)")
 _ORIGINAL_MODULE = re.compile(r"\.original_module(?=\.)")
 
 
+_PARAMETRIZED = re.compile(r"\.parametrizations(\.\w+)\.original$")
+
+
 def normalize_name(name: str) -> str:
     """Map a (possibly peft-wrapped) parameter name back to the base model's name."""
     changed = True
@@ -50,7 +53,9 @@ def normalize_name(name: str) -> str:
                 changed = True
     name = _BASE_LAYER.sub("", name)
     name = _MODULES_TO_SAVE.sub("", name)
-    return _ORIGINAL_MODULE.sub("", name)
+    name = _ORIGINAL_MODULE.sub("", name)
+    # torch.nn.utils.parametrize keeps the base tensor as `<module>.parametrizations.<p>.original`
+    return _PARAMETRIZED.sub(r"\1", name)
 
 
 def is_quantized_4bit(p: torch.Tensor) -> bool:

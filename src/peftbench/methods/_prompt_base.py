@@ -42,6 +42,17 @@ class PromptLearning(PeftMethod):
         if self.needs_past_kv:
             check_prefix_support(ctx, self.name)
 
+    def load(self, base, in_dir, ctx: ApplyContext):
+        """peft refuses ``is_trainable=True`` for prompt learning; load frozen, then re-enable the
+        prompt encoder (and saved head copies) so a resumed run keeps training them."""
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(in_dir), is_trainable=False)
+        for n, p in model.named_parameters():
+            if "prompt_encoder" in n or "modules_to_save" in n:
+                p.requires_grad_(True)
+        return model
+
     def peft_kwargs(self, ctx: ApplyContext) -> dict:
         """The fields every peft prompt-learning config takes; peft reads dims (layers, heads, GQA
         key/value heads) off the model config itself."""

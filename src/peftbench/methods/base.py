@@ -68,7 +68,9 @@ class Method:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Method":
         """Build from the ``method`` config group; unknown keys are refused by name."""
-        data = {k: v for k, v in dict(cfg).items() if k not in ("name", "family", "_target_")}
+        # `optim` is the one shared key: a method may declare its own optimizer settings (e.g. a
+        # learning rate), which the run merges over the global `optim` block and records.
+        data = {k: v for k, v in dict(cfg).items() if k not in ("name", "family", "_target_", "optim")}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -186,5 +188,6 @@ def resolve_targets(targets: list[str] | str | None, ctx: ApplyContext, default_
 def require_positive(**values: Any) -> None:
     """Refuse non-positive numeric hyper-parameters, naming the option."""
     for key, v in values.items():
-        if v is not None and (not isinstance(v, (int, float)) or v <= 0):
-            raise ConfigError(f"must be > 0, got {v!r}", option=f"method.{key}")
+        # `not v > 0` (rather than `v <= 0`) also refuses NaN, which compares False with everything.
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf")):
+            raise ConfigError(f"must be a finite number > 0, got {v!r}", option=f"method.{key}")

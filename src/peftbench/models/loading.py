@@ -116,6 +116,19 @@ def meta_model(spec: ModelSpec, task: str, num_labels: int = 2):
         return _auto_class(task).from_config(cfg)
 
 
+# Position ids start after the padding index in these architectures (RoBERTa's fairseq heritage):
+# with 514 embeddings and pad id 1, the longest usable sequence is 512.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+
+
+def usable_positions(cfg: Any) -> int:
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 512
+    if getattr(cfg, "model_type", "") in PADDING_OFFSET_POSITIONS:
+        pad = getattr(cfg, "pad_token_id", None)
+        n -= (1 if pad is None else int(pad)) + 1
+    return int(n)
+
+
 def build_context(spec: ModelSpec, task: str, num_labels: int = 2, module_names: list[str] | None = None) -> ApplyContext:
     if task not in spec.tasks:
         raise ConfigError(f"model family '{spec.family}' does not support task '{task}'", option="model")
@@ -137,7 +150,7 @@ def build_context(spec: ModelSpec, task: str, num_labels: int = 2, module_names:
         num_layers=int(get("num_hidden_layers", "n_layer")),
         hidden_size=int(get("hidden_size", "n_embd")),
         num_heads=int(get("num_attention_heads", "n_head")),
-        max_positions=int(get("max_position_embeddings", "n_positions", default=512)),
+        max_positions=usable_positions(cfg),
         head_modules=list(spec.head_modules.get(task, [])),
         targets={k: list(v) for k, v in spec.targets.items()},
         layers_path=spec.layers_path.get(task, ""),

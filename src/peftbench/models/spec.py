@@ -81,6 +81,9 @@ def resolve_spec(model_cfg: Mapping[str, Any], size: str) -> ModelSpec:
         raise ConfigError(f"model.path '{user_path}' does not exist", option="model.path")
     from_config = bool(s.get("from_config", size == "tiny")) and not user_path
     if not from_config and local is None and not s.get("checkpoint"):
+        if s.get("make_with"):  # a size produced here (e.g. pretrained gpt2_local): say how to make it
+            raise ConfigError(f"size '{size}' of '{family}' is not pretrained yet ({s.get('local')} is missing); "
+                              f"make it with: {s['make_with']}", option="model_size")
         raise ConfigError(f"size '{size}' of '{family}' has no checkpoint and no local copy", option="model_size")
     tok = mc.get("tokenizer_path") or s.get("tokenizer") or mc.get("tokenizer")
     return ModelSpec(

@@ -187,6 +187,34 @@ def _plot_speed(plt: Any, coll: Collection, out_dir: Path, written: list[Path]) 
     plt.close(fig)
 
 
+def _plot_forgetting(plt: Any, coll: Collection, out_dir: Path, written: list[Path]) -> None:
+    """Task score vs forgetting per method, one figure per dataset: the fine-tuning trade-off."""
+    from peftbench.report.tables import forgetting_stats
+
+    for ds in sorted({g.dataset for g in coll.groups}):
+        groups = [g for g in coll.groups if g.dataset == ds and g.status == "ok"]
+        metric = headline_metric(groups)
+        pts = [(g, forgetting_stats(g).get("forgot"), g.metrics.get(metric)) for g in groups] if metric else []
+        pts = [(g, f, st) for g, f, st in pts if f is not None and st is not None]
+        if not pts:
+            continue
+        f0 = next(r["forgetting"] for r in pts[0][0].runs if isinstance(r.get("forgetting"), dict))
+        unit = "perplexity increase" if f0.get("measure") == "perplexity" else "probe accuracy drop"
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        cmap = plt.get_cmap("tab10")
+        for i, (g, f, st) in enumerate(sorted(pts, key=lambda p: (family_rank(p[0].method_family), p[0].method))):
+            ax.errorbar([f.mean], [st.mean], xerr=[f.std or 0.0], yerr=[st.std or 0.0], fmt="o", capsize=3,
+                        color=cmap(i % 10), label=f"{g.method} ({g.model_family}/{g.model_size})")
+        ax.axvline(0.0, color="0.6", linewidth=1)
+        ax.set_xlabel(f"forgetting on {f0.get('set')}: {unit} (after − before; right = forgot more)")
+        ax.set_ylabel(f"task {metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
+        ax.set_title(f"{ds}: task score vs forgetting")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        _save(fig, out_dir, f"task_vs_forgetting_{_slug(ds)}", written)
+        plt.close(fig)
+
+
 def make_plots(coll: Collection, out_dir: Path) -> list[Path]:
     """Write every plot the data supports (PNG + SVG); returns paths, never raises on thin data."""
     import matplotlib
@@ -217,6 +245,6 @@ def make_plots(coll: Collection, out_dir: Path) -> list[Path]:
     rc = {"svg.hashsalt": "peftbench", "svg.fonttype": "path", "path.simplify": True,
           "font.family": "DejaVu Sans"}
     with matplotlib.rc_context(rc):
-        for fn in (_plot_pareto, _plot_memory, _plot_speed):
+        for fn in (_plot_pareto, _plot_memory, _plot_speed, _plot_forgetting):
             fn(plt, coll, out_dir, written)
     return written

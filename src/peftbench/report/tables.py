@@ -161,6 +161,51 @@ def _pct_cell(g: Group) -> Cell:
     return Cell(f"{p:.3f}%", p)
 
 
+FORGET_KEYS = ("before", "after", "delta", "forgot")
+
+
+def forgetting_stats(g: Group) -> dict[str, Stat]:
+    """Mean ± std over the group's finished seeds of its results.json ``forgetting`` block."""
+    runs = [r for r in g.runs if r.get("status") == "ok" and isinstance(r.get("forgetting"), dict)]
+    out = {}
+    for k in FORGET_KEYS:
+        st = Stat.of([r["forgetting"].get(k) for r in runs])
+        if st is not None:
+            out[k] = st
+    return out
+
+
+def _forgetting_cell(g: Group) -> Cell:
+    fs = forgetting_stats(g)
+    if g.status != "ok" or "delta" not in fs:
+        return Cell(DASH)
+    unit = "ppl" if any((r.get("forgetting") or {}).get("measure") == "perplexity" for r in g.runs) else "acc"
+    d = 2 if unit == "ppl" else 4
+    return Cell(f"{fmt_float(fs['before'].mean, d)} → {fmt_float(fs['after'].mean, d)} ({fs['delta'].mean:+.3g} {unit})",
+                fs["delta"].mean)
+
+
+def _forgetting_notes(groups: Sequence[Group]) -> list[str]:
+    """Which general set measured forgetting, and on how much text: a number means little without it."""
+    seen = []
+    for g in groups:
+        for r in g.runs:
+            f = r.get("forgetting") if r.get("status") == "ok" else None
+            if not isinstance(f, dict) or "measure" not in f:
+                continue
+            if f["measure"] == "perplexity":
+                text = (f"forgetting: perplexity on the held-out split of {f.get('set')} "
+                        f"({f.get('n_examples')} blocks of {f.get('block_size')} tokens = {f.get('n_tokens')} scored "
+                        f"tokens), before → after fine-tuning; Δ = after − before, higher = more forgetting")
+            else:
+                text = (f"forgetting: accuracy on {f.get('set')} ({f.get('n_examples')} examples) of a logistic-regression "
+                        f"probe trained on the base model's mean-pooled features ({f.get('probe_train_examples')} "
+                        f"examples), before → after fine-tuning; Δ = after − before, lower = more forgetting")
+            if text not in seen:
+                seen.append(text)
+    return seen
+
+
 def _columns(groups: Sequence[Group]) -> list[Column]:
     metrics = sorted({m for g in groups for m in g.metrics})
     cols = [
@@ -174,6 +219,7 @@ def _columns(groups: Sequence[Group]) -> list[Column]:
         _param_col("stored bytes", "stored_bytes", fmt_bytes),
     ]
     cols += [_metric_col(m) for m in metrics]
+    cols.append(Column("forgetting (before → after, Δ)", _forgetting_cell))
     cols += [
         _section_col("peak GPU alloc (MB)", "memory", "peak_gpu_allocated_mb", fmt_plain, "OOM"),
         _section_col("peak GPU reserved (MB)", "memory", "peak_gpu_reserved_mb", fmt_plain, "OOM"),
@@ -229,7 +275,7 @@ def build_tables(coll: Collection) -> list[Table]:
                 if c.keep_empty or not c.numeric or c.metric
                 or any(r[j].value is not None for r in rows)]
         t = Table(fam, size, ds, groups[0].task, [cols[j] for j in keep], groups,
-                  [[r[j] for j in keep] for r in rows], _budget_notes(groups))
+                  [[r[j] for j in keep] for r in rows], _budget_notes(groups) + _forgetting_notes(groups))
         _mark_best(t)
         tables.append(t)
     return tables
@@ -334,6 +380,8 @@ def to_csv(coll: Collection) -> str:
     for m in metrics:
         header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
     header += [f"memory_{k}" for k in memory] + [f"speed_{k}" for k in speed]
+    has_forget = any(forgetting_stats(g) for g in groups)
+    header += [f"forgetting_{k}" for k in FORGET_KEYS] if has_forget else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -347,6 +395,9 @@ def to_csv(coll: Collection) -> str:
             row += ["", "", ""] if st is None else [fmt_raw(st.mean), fmt_raw(st.std), str(st.n)]
         row += [fmt_raw(_stat_val(g.memory.get(k))) for k in memory]
         row += [fmt_raw(_stat_val(g.speed.get(k))) for k in speed]
+        if has_forget:
+            fs = forgetting_stats(g)
+            row += [fmt_raw(_stat_val(fs.get(k))) for k in FORGET_KEYS]
         w.writerow(row)
     return buf.getvalue()
 
@@ -455,6 +506,18 @@ document.querySelectorAll('th').forEach(function(th){th.addEventListener('click'
   if(xn&&yn)r=x-y;else if(xn)r=-1;else if(yn)r=1;else r=x<y?-1:(x>y?1:0);return asc?r:-r;});
  rows.forEach(function(r){r.classList.remove('fam-start');tb.appendChild(r);});
 });});
+// A shareable view in the URL: #family=additive&size=tiny&q=lora&sort=-trainable (header text;
+// a leading '-' sorts descending). Also lets a headless browser test filters and sorting.
+var h=new URLSearchParams(location.hash.replace(/^#/,''));
+h.forEach(function(v,k){
+ var s=document.querySelector('select[data-key="'+k+'"]');if(s)s.value=v;
+ if(k==='q')document.getElementById('q').value=v;});
+apply();
+var srt=h.get('sort');
+if(srt){var desc=srt.charAt(0)==='-',name=(desc?srt.slice(1):srt).toLowerCase();
+ document.querySelectorAll('th').forEach(function(th){
+  if(th.textContent.trim().toLowerCase()===name){th.click();if(desc)th.click();}});}
+document.body.setAttribute('data-ready','1');
 })();
 """
 

@@ -1,0 +1,275 @@
+"""The standard benchmark: tasks × models × sizes × methods × seeds × a small per-method lr grid.
+
+Every cell is one ordinary ``train(cfg)`` run (same code as ``peftbench-train``) in its own output
+dir, so a relaunch skips finished cells (idempotent run ids) and a failed cell is recorded, not
+fatal. Model selection: for each (task, model, size, method) the lr with the best mean
+*selection* metric over seeds wins; the report shows those runs' numbers on the *held-out* split.
+
+Splits (stated in every report):
+- SST-2: select on ``dev.tsv`` (6,735 sentences held out of GLUE train; a fixed subset), report
+  ``test/*`` = ``validation.tsv`` (the 872-sentence GLUE dev set, never used for selection).
+- LM / SFT tasks: select and report on the held-out ``val_fraction`` tail of the corpus (there is no
+  third split); those numbers carry the selection's optimism, and the report says so.
+
+``python -m peftbench.studies.suite [--grid standard_cpu|standard_quick|gpt2_modes] [--dry-run]``
+(``experiments/standard_cpu/run.sh`` wraps it and then writes ``reports/standard-cpu/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("peftbench")
+
+SST2_HELDOUT = ["dataset=sst2", "dataset.local.files.validation=dev.tsv", "+dataset.local.files.test=validation.tsv"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task with its fixed budget; ``select``/``report`` are results.json metric keys."""
+
+    name: str
+    overrides: tuple[str, ...]
+    select: str
+    report: str
+    models: tuple[tuple[str, str], ...]  # (model family, size)
+
+
+@dataclass
+class Grid:
+    name: str
+    tasks: list[Task]
+    methods: list[str]
+    seeds: list[int]
+    lrs: dict[str, list[float]]  # per method; "default" for the rest
+    pretrain: dict[str, int] = field(default_factory=dict)  # gpt2_local size → pretraining steps
+    common: tuple[str, ...] = ("logger=none", "trainer.enable_progress_bar=false")
+
+    def lr_grid(self, method: str) -> list[float]:
+        return self.lrs.get(method, self.lrs["default"])
+
+
+ALL_METHODS = ["full", "head_only", "bitfit", "lora", "ia3", "prefix_tuning", "houlsby"]
+LRS = {"default": [1e-3, 3e-3], "full": [5e-5, 2e-4], "head_only": [3e-3, 1e-2], "bitfit": [1e-3, 5e-3]}
+LM_BUDGET = ("dataset=wiki_demo", "trainer.max_steps=150", "data.batch_size=8", "dataset.val_limit=null")
+
+
+def grids() -> dict[str, Grid]:
+    sst2 = lambda steps, n_sel: tuple(SST2_HELDOUT + [f"trainer.max_steps={steps}", "dataset.train_limit=3000",  # noqa: E731
+                                                      f"dataset.val_limit={n_sel}", "data.batch_size=16"])
+    return {
+        "standard_cpu": Grid(
+            "standard_cpu",
+            tasks=[
+                Task("sst2", sst2(150, 1000), "val/acc", "test/acc",
+                     (("bert", "tiny"), ("minilm", "l6"))),  # mpnet base: hub-only (see README)
+                Task("alpaca_sft", ("dataset=alpaca", "trainer.max_steps=20", "data.batch_size=4",
+                                    "dataset.max_length=192", "dataset.train_limit=200", "dataset.val_limit=40"),
+                     "val/loss", "val/ppl", (("llama", "smollm2_135m"),)),
+                Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
+                     (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l"))),
+            ],
+            methods=ALL_METHODS, seeds=[1, 2], lrs=LRS, pretrain={"s": 1500, "m": 1500, "l": 1500}),
+        "standard_quick": Grid(
+            "standard_quick",
+            tasks=[
+                Task("sst2", sst2(30, 200), "val/acc", "test/acc", (("bert", "tiny"),)),
+                Task("wiki_lm", ("dataset=wiki_demo", "trainer.max_steps=15", "data.batch_size=8"),
+                     "val/loss", "val/ppl", (("gpt2_local", "s"),)),
+            ],
+            methods=["full", "head_only", "bitfit", "lora"], seeds=[1],
+            lrs={"default": [1e-3, 3e-3], "full": [2e-4]}, pretrain={"s": 40}),
+        # seed study 3: pretraining vs full FT vs LoRA vs QLoRA on the same gpt2_local models
+        "gpt2_modes": Grid(
+            "gpt2_modes",
+            tasks=[Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
+                        (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l")))],
+            methods=["full", "lora", "qlora"], seeds=[1], lrs={"default": [1e-3], "full": [2e-4]},
+            pretrain={"s": 1500, "m": 1500, "l": 1500}),
+    }
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: Task
+    model: str
+    size: str
+    method: str
+    lr: float
+    seed: int
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        return (self.task.name, self.model, self.size, self.method)
+
+    def rel_dir(self) -> str:
+        return f"{self.task.name}/{self.model}-{self.size}/{self.method}/lr{self.lr:g}/seed{self.seed}"
+
+    def overrides(self, grid: Grid) -> list[str]:
+        return [*grid.common, f"model={self.model}", f"model_size={self.size}", f"method={self.method}",
+                *self.task.overrides, f"optim.lr={self.lr}", f"seed={self.seed}"]
+
+
+def available_methods(names: list[str]) -> tuple[list[str], list[str]]:
+    """Methods with both a registry entry and a conf/method yaml; the rest are listed as skipped."""
+    from peftbench.methods.registry import get_method
+    from peftbench.train import conf_dir
+
+    ok, skipped = [], []
+    for n in names:
+        try:
+            get_method(n)
+            (ok if (conf_dir() / "method" / f"{n}.yaml").exists() else skipped).append(n)
+        except Exception:  # noqa: BLE001 - not registered in this install
+            skipped.append(n)
+    return ok, skipped
+
+
+def cells(grid: Grid, methods: list[str]) -> Iterator[Cell]:
+    for task in grid.tasks:
+        for (model, size), method in itertools.product(task.models, methods):
+            for lr, seed in itertools.product(grid.lr_grid(method), grid.seeds):
+                yield Cell(task, model, size, method, lr, seed)
+
+
+def pretrain_overrides(grid: Grid, size: str) -> list[str]:
+    return [*grid.common, "experiment=pretrain_gpt2_local", f"model_size={size}",
+            f"trainer.max_steps={grid.pretrain[size]}"]
+
+
+def _run(overrides: list[str], out: Path) -> dict[str, Any]:
+    from peftbench.compose import compose
+    from peftbench.train import train
+
+    return train(compose(overrides, output_dir=str(out)))
+
+
+def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best lr per (task, model, size, method) by the mean selection metric over seeds."""
+    from peftbench.report.collect import lower_is_better
+
+    rows = []
+    groups: dict[tuple, list[Cell]] = {}
+    for c in records:
+        groups.setdefault(c.group, []).append(c)
+    for g, cs in groups.items():
+        task = cs[0].task
+        by_lr: dict[float, list[float]] = {}
+        for c in cs:
+            v = records[c].get("metrics", {}).get(task.select)
+            if records[c].get("status") == "ok" and v is not None:
+                by_lr.setdefault(c.lr, []).append(float(v))
+        scored = {lr: statistics.mean(v) for lr, v in by_lr.items()}
+        best = (min if lower_is_better(task.select) else max)(scored, key=scored.get) if scored else None
+        rows.append({"task": g[0], "model": g[1], "size": g[2], "method": g[3], "select_on": task.select,
+                     "report": task.report, "lr_scores": {f"{k:g}": v for k, v in sorted(scored.items())},
+                     "best_lr": best,
+                     "selected_runs": [c.rel_dir() for c in cs if c.lr == best]})
+    return rows
+
+
+def _git_rev() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> dict[str, Any]:
+    methods, skipped = available_methods(grid.methods)
+    t0 = time.time()
+    pre: dict[str, dict[str, Any]] = {}
+    for size in grid.pretrain:
+        out = root / "pretrain" / f"gpt2_local-{size}"
+        rec = _run(pretrain_overrides(grid, size), out)
+        pre[size] = {"dir": str(out), "status": rec["status"], "run_id": rec["run_id"], "metrics": rec.get("metrics")}
+    records: dict[Cell, dict[str, Any]] = {}
+    for c in cells(grid, methods):
+        rec = _run(c.overrides(grid), root / "runs" / c.rel_dir())
+        records[c] = rec
+        log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
+                                                            if k in (c.task.select, c.task.report)})
+    selection = select(grid, records)
+    manifest = {
+        "grid": grid.name, "command": command, "git_revision": _git_rev(),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor(), "cpu_count": __import__("os").cpu_count()},
+        "versions": {m: getattr(__import__(m), "__version__", None)
+                     for m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
+        "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
+        "lr_grid": {m: grid.lr_grid(m) for m in methods},
+        "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
+                   "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
+        "pretrain": pre, "selection": selection,
+        "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
+        "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
+        "wall_s": round(time.time() - t0, 1),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if report_dir is not None:
+        from peftbench.report import build_report
+
+        dirs = [root / "runs" / r for row in selection for r in row["selected_runs"]]
+        dirs += [Path(p["dir"]) for p in pre.values()]
+        report_dir.mkdir(parents=True, exist_ok=True)
+        build_report(dirs, report_dir)
+        (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        (report_dir / "selection.md").write_text(selection_markdown(manifest))
+    return manifest
+
+
+def selection_markdown(m: dict[str, Any]) -> str:
+    lines = [f"# lr selection — grid `{m['grid']}`", "", f"Command: `{m['command']}`", "",
+             f"Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
+             f"Methods skipped (not registered / no conf): {', '.join(m['methods_skipped_not_available']) or 'none'}", "",
+             "| task | model | size | method | selection metric | mean over seeds per lr | best lr |",
+             "|---|---|---|---|---|---|---|"]
+    for r in m["selection"]:
+        scores = ", ".join(f"{k}: {v:.4f}" for k, v in r["lr_scores"].items()) or "no ok run"
+        lines.append(f"| {r['task']} | {r['model']} | {r['size']} | {r['method']} | {r['select_on']} | {scores} | "
+                     f"{r['best_lr'] if r['best_lr'] is not None else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def dry_run(grid: Grid) -> list[str]:
+    methods, skipped = available_methods(grid.methods)
+    out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
+    out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s))}" for s in grid.pretrain]
+    out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid))}" for c in cells(grid, methods)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m peftbench.studies.suite", description=__doc__.splitlines()[0])
+    p.add_argument("--grid", default="standard_cpu", choices=sorted(grids()))
+    p.add_argument("--quick", action="store_true", help="the CI edition (= --grid standard_quick)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid (one line per run) and exit")
+    p.add_argument("--out", default="outputs/suite", help="run folders (default outputs/suite/<grid>)")
+    p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); none: no report")
+    a = p.parse_args(argv)
+    grid = grids()["standard_quick" if a.quick else a.grid]
+    if a.dry_run:
+        print("\n".join(dry_run(grid)))
+        return 0
+    logging.basicConfig(level=logging.WARNING)
+    cmd = "python -m peftbench.studies.suite " + " ".join(argv if argv is not None else sys.argv[1:])
+    m = run_grid(grid, Path(a.out) / grid.name, Path(a.report) if a.report else None, cmd)
+    bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
+    print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; manifest: {Path(a.out) / grid.name / 'manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

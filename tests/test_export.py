@@ -1,0 +1,136 @@
+"""`peftbench export`: the exported adapter / merged model opened with plain peft / transformers
+must reproduce the validation loss and accuracy the training run recorded in results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# a tiny BERT trained for a few steps with a high lr, so the adapter really differs from the base
+RUN = ["logger=none", "trainer.enable_progress_bar=false", "model=bert", "model_size=tiny", "dataset=sst2",
+       "trainer.max_steps=6", "optim.lr=5e-3", "dataset.train_limit=64", "dataset.val_limit=32",
+       "data.batch_size=8", "measure.inference_overhead=false"]
+
+
+def _train(tmp, *overrides):
+    from peftbench.compose import compose
+    from peftbench.train import train
+
+    cfg = compose([*RUN, *overrides], output_dir=str(tmp))
+    rec = train(cfg)
+    assert rec["status"] == "ok", rec.get("error")
+    return rec
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    if not Path(os.environ.get("PEFTBENCH_DATA_DIR", "/nonexistent")).is_dir():
+        pytest.skip("no local data dir (../shared/data or PEFTBENCH_DATA_DIR)")
+    out = tmp_path_factory.mktemp("lora_run")
+    return out, _train(out, "method=lora")
+
+
+def _val_batches(rec):
+    from omegaconf import OmegaConf
+
+    from peftbench.build import make_plan
+    from peftbench.data.datamodule import TaskDataModule
+    from peftbench.models import load_tokenizer
+
+    cfg = OmegaConf.create(rec["config"])
+    plan = make_plan(cfg)
+    dm = TaskDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.paths.get("data_dir"),
+                        batch_size=8, eval_batch_size=int(cfg.data.eval_batch_size), num_workers=0,
+                        seed=int(cfg.seed), cache_dir=Path(os.environ["PEFTBENCH_CACHE_DIR"]) / "tokenized",
+                        examples=plan.examples)
+    dm.set_tokenizer(load_tokenizer(plan.spec))
+    dm.setup("fit")
+    return list(dm.val_dataloader())
+
+
+def _evaluate(model, batches):
+    """Sample-weighted mean loss and accuracy, as the LightningModule computes val/loss, val/acc."""
+    model.eval()
+    tot_loss = n = correct = 0
+    logits = []
+    with torch.no_grad():
+        for b in batches:
+            out = model(**b)
+            k = b["labels"].numel()
+            tot_loss += float(out.loss) * k
+            n += k
+            correct += int((out.logits.argmax(-1) == b["labels"]).sum())
+            logits.append(out.logits)
+    return tot_loss / n, correct / n, torch.cat(logits)
+
+
+def test_export_opens_with_plain_peft_and_matches_the_run(lora_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from peftbench.export import export_run
+
+    run_dir, rec = lora_run
+    res = export_run(run_dir, tmp_path / "peft")
+    assert res.kind == "peft"
+    acfg = json.loads((res.out / "adapter_config.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(acfg["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, str(res.out))
+    batches = _val_batches(rec)
+    loss, acc, _ = _evaluate(model, batches)
+    assert loss == pytest.approx(rec["metrics"]["val/loss"], abs=1e-4)
+    assert acc == pytest.approx(rec["metrics"]["val/acc"], abs=1e-6)
+    # the trained adapter is not the base: the untouched base gives a different loss
+    fresh = AutoModelForSequenceClassification.from_pretrained(acfg["base_model_name_or_path"])
+    assert abs(_evaluate(fresh, batches)[0] - loss) > 1e-4
+
+
+def test_export_merge_cli_gives_a_plain_hf_model(lora_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir, rec = lora_run
+    out = tmp_path / "merged"
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli", "export", str(run_dir), "--out", str(out), "--merge"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "merged Hugging Face model" in p.stdout
+    model = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    AutoTokenizer.from_pretrained(str(out))  # the tokenizer travels with the model
+    loss, acc, _ = _evaluate(model, _val_batches(rec))
+    assert loss == pytest.approx(rec["metrics"]["val/loss"], abs=1e-4)
+    assert acc == pytest.approx(rec["metrics"]["val/acc"], abs=1e-6)
+    # a second export into the same non-empty folder is refused, not silently mixed
+    p2 = subprocess.run([sys.executable, "-m", "peftbench.cli", "export", str(run_dir), "--out", str(out)],
+                        capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 2 and "--overwrite" in p2.stderr
+
+
+def test_own_method_exports_its_files_and_refuses_merge(tmp_path, data_dir):
+    from peftbench.errors import ConfigError
+    from peftbench.export import export_run
+
+    run_dir = tmp_path / "houlsby"
+    _train(run_dir, "method=houlsby", "trainer.max_steps=2")
+    with pytest.raises(ConfigError, match="cannot be merged") as e:
+        export_run(run_dir, tmp_path / "m", merge=True)
+    assert e.value.option == "--merge"
+    res = export_run(run_dir, tmp_path / "plain")
+    assert res.kind == "peftbench"
+    names = {p.name for p in res.files}
+    assert {"adapter_model.safetensors", "method.json", "run_config.json"} <= names
+    assert json.loads((res.out / "method.json").read_text())["name"] == "houlsby"
+
+
+def test_export_refuses_a_folder_without_results(tmp_path):
+    from peftbench.errors import ConfigError
+    from peftbench.export import export_run
+
+    with pytest.raises(ConfigError, match="no results.json"):
+        export_run(tmp_path)

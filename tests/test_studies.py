@@ -1,0 +1,95 @@
+"""Issue 6 studies: gpt2_local pretraining path, text-classification SFT, image-text LoRA, the suite grid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# the 3-step smoke-run overrides of tests/conftest.py
+FAST = ["trainer.max_steps=3", "dataset.train_limit=64", "dataset.val_limit=32", "data.batch_size=8",
+        "measure.inference_overhead=false"]
+
+
+def test_gpt2_local_refused_until_pretrained_then_loads(compose_run, tmp_path):
+    from peftbench.train import train
+
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    small = ["model.sizes.s.arch.n_embd=32", "model.sizes.s.arch.n_layer=1", "model.sizes.s.arch.n_head=2",
+             "model.arch_defaults.vocab_size=512"]
+    rec = train(compose_run("model=gpt2_local", "model_size=s", "method=lora", "dataset=wiki_demo", cache, *small, *FAST))
+    assert rec["status"] == "refused"
+    assert "experiment=pretrain_gpt2_local model_size=s" in rec["error"]
+
+    pre = train(compose_run("experiment=pretrain_gpt2_local", "model_size=s", cache, *small, "trainer.max_steps=2",
+                            "data.batch_size=4", "measure.inference_overhead=false"))
+    assert pre["status"] == "ok", pre["error"]
+    out = tmp_path / "cache" / "pretrained" / "gpt2_local-s"
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert pre["params"]["trainable"] == pre["params"]["total"] > 0
+
+    rec = train(compose_run("model=gpt2_local", "model_size=s", "method=lora", "dataset=wiki_demo", cache, *small, *FAST))
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["model"]["checkpoint"] == str(out)
+    assert rec["model"]["total"] == pre["params"]["total"]  # the pretrained weights, not a new init
+    assert 0 < rec["params"]["trainable"] < rec["params"]["total"]
+
+
+def test_text_cls_sft_accuracy_from_generated_labels(compose_run):
+    from peftbench.train import train
+
+    rec = train(compose_run("experiment=seed_textcls_sst2", "model=qwen2", "model_size=tiny", "trainer.max_steps=2",
+                            "dataset.train_limit=16", "dataset.val_limit=8", "textcls.eval_limit=8",
+                            "textcls.max_new_tokens=3", "data.batch_size=4"))
+    assert rec["status"] == "ok", rec["error"]
+    m = rec["metrics"]
+    assert 0.0 <= m["val/acc"] <= 1.0 and m["val/n_generated"] == 8
+    assert m["val/acc"] <= m["val/valid_label_rate"]
+
+
+def test_parse_label():
+    from peftbench.studies.text_cls_sft import parse_label
+
+    names = ["negative", "positive"]
+    assert parse_label(" Positive.\nmore", names) == 1
+    assert parse_label("negative sentiment", names) == 0
+    assert parse_label("no idea", names) is None
+
+
+def test_image_text_generator_and_lora_bleu(compose_run, tmp_path):
+    from peftbench.data.image_text import make_shapes_dataset, read_annotations
+    from peftbench.train import train
+
+    folder = make_shapes_dataset(tmp_path / "shapes", n=12, size=16)
+    assert len(read_annotations(folder)) == 12
+    rec = train(compose_run("experiment=seed_image_text", f"image_text.data_dir={folder}", "image_text.image_size=16",
+                            "trainer.max_steps=2", "data.batch_size=4"))
+    assert rec["status"] == "ok", rec["error"]
+    assert 0.0 <= rec["metrics"]["val/bleu"] <= 1.0
+    assert 0 < rec["params"]["trainable"] == rec["params"]["added"] < rec["params"]["total"]
+
+
+def test_image_text_missing_image_names_file_and_row(tmp_path):
+    from peftbench.data.image_text import make_shapes_dataset, read_annotations
+    from peftbench.errors import DataError
+
+    folder = make_shapes_dataset(tmp_path / "shapes", n=3, size=8)
+    rows = json.loads((folder / "annotations.json").read_text())
+    rows[2]["image_path"] = "images/nope.png"
+    (folder / "annotations.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"annotations.json row 2: image 'images/nope.png' not found"):
+        read_annotations(folder)
+
+
+def test_suite_dry_run_lists_grid(capsys):
+    from peftbench.studies.suite import grids, main
+
+    assert main(["--quick", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = [x for x in lines if not x.startswith(("#", "pretrain"))]
+    g = grids()["standard_quick"]
+    expected = sum(len(t.models) * len(g.lr_grid(m)) * len(g.seeds) for t in g.tasks for m in g.methods)
+    assert len(runs) == expected
+    assert any(x.startswith("pretrain gpt2_local-s") for x in lines)
+    sst2 = next(x for x in runs if x.startswith("sst2/"))
+    assert "dataset.local.files.validation=dev.tsv" in sst2 and "+dataset.local.files.test=validation.tsv" in sst2
