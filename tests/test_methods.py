@@ -20,6 +20,15 @@ from peftbench.errors import ConfigError
 from peftbench.methods.registry import available_methods, get_method
 
 METHODS = available_methods()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-CPU box they only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 CASES = [(m, t) for m in METHODS for t in ("classification", "causal_lm")]
 
 

@@ -25,7 +25,7 @@ TRAIN = str(BIN / "peftbench-train")
 # 64 examples / batch 8 = 8 batches per epoch; the kill lands mid-epoch after an epoch boundary
 # (the hard case: sampler position + epoch + RNG state). 60 steps leave time to kill it.
 STEPS = 60
-COMMON = ["model=bert", "model_size=tiny", "method=lora", "dataset=sst2", f"trainer.max_steps={STEPS}",
+COMMON = ["model=bert", "model_size=tiny", "method=lora", "dataset=sst2", f"trainer.max_steps={STEPS}", "trainer.max_epochs=-1",
           "dataset.train_limit=64", "dataset.val_limit=32", "data.batch_size=8",
           "measure.inference_overhead=false", "checkpoint.every_n_steps=3", "logger=none",
           "trainer.enable_progress_bar=false"]

@@ -82,13 +82,15 @@ def test_image_text_missing_image_names_file_and_row(tmp_path):
 
 
 def test_suite_dry_run_lists_grid(capsys):
-    from peftbench.studies.suite import grids, main
+    from peftbench.studies.suite import available_methods, grids, main
 
     assert main(["--quick", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     runs = [x for x in lines if not x.startswith(("#", "pretrain"))]
     g = grids()["standard_quick"]
-    expected = sum(len(t.models) * len(g.lr_grid(m)) * len(g.seeds) for t in g.tasks for m in g.methods)
+    methods, skipped = available_methods(g.methods)
+    assert methods and f"skipped: {skipped}" in lines[0]
+    expected = sum(len(t.models) * len(g.lr_grid(m)) * len(g.seeds) for t in g.tasks for m in methods)
     assert len(runs) == expected
     assert any(x.startswith("pretrain gpt2_local-s") for x in lines)
     sst2 = next(x for x in runs if x.startswith("sst2/"))

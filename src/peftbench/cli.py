@@ -60,6 +60,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from peftbench.bench.overhead import run_bench
+
+    methods = [m for m in args.methods.split(",") if m]
+    res = run_bench(methods, steps=args.steps, rounds=args.rounds, out=Path(args.out), extras=not args.no_extras,
+                    command="peftbench bench " + " ".join(sys.argv[2:]), log=lambda s: print(s, file=sys.stderr))
+    print(res["markdown"])
+    print(f"wrote {Path(args.out) / 'overhead.md'}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description="Compare parameter-efficient fine-tuning methods fairly. "
                                 "Train with `peftbench-train` (Hydra); inspect and report with these subcommands.")
@@ -88,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--merge", action="store_true", help="fold the update into the base and save a plain HF model")
     ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     ex.set_defaults(fn=_export)
+    be = sub.add_parser("bench", help="framework overhead: peftbench vs a hand-written loop vs HF Trainer (ratios)",
+                        description="Runs (a) a hand-written PyTorch loop, (b) peftbench's Lightning path, (c) HF "
+                        "Trainer on the same model, tensors and steps, interleaved a b c per round, one fresh "
+                        "process each; writes a Markdown table of throughput b/a, b/c and peak memory b/a.")
+    be.add_argument("--methods", default="full,lora,qlora,ia3,prefix_tuning,houlsby", help="comma list of methods")
+    be.add_argument("--steps", type=int, default=20, help="optimizer steps per runner-round (2 warm-up excluded)")
+    be.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ratios are medians over rounds)")
+    be.add_argument("--out", default="reports/bench-overhead", help="folder for overhead.md / overhead.json")
+    be.add_argument("--no-extras", action="store_true", help="skip data-cache, --help start-up and first-step timings")
+    be.set_defaults(fn=_bench)
     return p
 
 

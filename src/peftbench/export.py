@@ -103,7 +103,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool =
         (out / "run_config.json").write_text(json.dumps(rec["config"], indent=2, sort_keys=True))
         return ExportResult(out, "peftbench", sorted(p for p in out.rglob("*") if p.is_file()))
 
-    base, tok = _base(cfg, plan, method.load_kwargs(plan.ctx))
+    # the plain base (no 4-bit load kwargs): users quantize when they load, as with any checkpoint
+    base, tok = _base(cfg, plan)
     tok.save_pretrained(str(out))
     if plan.spec.from_config:
         # A random-init base exists only in peftbench's cache: ship it so plain peft can load.

@@ -92,8 +92,14 @@ def plan_forgetting(cfg: DictConfig) -> ForgettingPlan | None:
     probe_n = _int(fc, "probe_train_examples", 256)
     batch = _int(fc, "batch_size", 8)
     from peftbench.data.examples import load_examples
+    from peftbench.data.sources import local_dir
 
     data_dir = cfg.paths.get("data_dir")
+    if enabled == "auto" and local_dir(ds, data_dir) is None:
+        # never start a hub download (allenai/c4 is huge) for a measurement nobody asked for
+        log.warning("forgetting skipped: no local copy of '%s' under the data dir (set forgetting.enabled=true "
+                    "to use the hub copy, or forgetting.dataset)", name)
+        return None
     if task == "causal_lm":
         if ds.get("task") != "causal_lm" or ds.get("format") != "text":
             raise ConfigError(f"'{name}' is not a plain-text corpus (task causal_lm, format text); "

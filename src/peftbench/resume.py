@@ -98,7 +98,7 @@ class TrainableCheckpoint(ModelCheckpoint):
         epoch_loop = trainer.fit_loop.epoch_loop
         checkpoint[_KEY] = {
             "run_id": self.run_id,
-            "rng": _collect_rng_states(include_cuda=torch.cuda.is_available()),
+            "rng": _safe_rng(_collect_rng_states(include_cuda=torch.cuda.is_available())),
             # batches of the current epoch already trained on (saved from on_train_batch_end,
             # where `processed` already counts this batch)
             "epoch_batches_done": int(epoch_loop.batch_progress.current.processed),
@@ -117,7 +117,9 @@ class TrainableCheckpoint(ModelCheckpoint):
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
         self._rng_to_restore = state.get("rng")
         done, epoch = int(state.get("epoch_batches_done", 0)), int(state.get("epoch", 0))
-        if self.sampler is not None and self.batch_size:
+        # Exact position for one process only: under DDP Lightning wraps the sampler in a
+        # DistributedSamplerWrapper that re-shuffles per rank, and the epoch restarts (Lightning warns).
+        if self.sampler is not None and self.batch_size and trainer.world_size == 1:
             if done * self.batch_size >= self.sampler.n:  # saved on an epoch's last batch
                 done, epoch = 0, epoch + 1
             # set here too: with worker processes the loader draws indices before set_epoch
@@ -128,8 +130,28 @@ class TrainableCheckpoint(ModelCheckpoint):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Restored here, right before the next step, so nothing in between draws from the RNGs.
         if self._rng_to_restore is not None:
-            _set_rng_states(self._rng_to_restore)
+            _set_rng_states(_unsafe_rng(self._rng_to_restore))
             self._rng_to_restore = None
+
+
+def _safe_rng(states: dict[str, Any]) -> dict[str, Any]:
+    """numpy's state holds an ndarray, which ``torch.load(weights_only=True)`` (Lightning's
+    default when resuming) refuses: store it as a tensor."""
+    out = dict(states)
+    if "numpy" in out:
+        kind, keys, pos, has_gauss, gauss = out["numpy"]
+        out["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))
+    return out
+
+
+def _unsafe_rng(states: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    out = dict(states)
+    if "numpy" in out:
+        kind, keys, pos, has_gauss, gauss = out["numpy"]
+        out["numpy"] = (kind, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, gauss)
+    return out
 
 
 def make_checkpoint_callback(cfg_ckpt: dict[str, Any], out: Path, run_id: str, loader) -> TrainableCheckpoint | None:

@@ -57,7 +57,16 @@ def make_loggers(cfg: DictConfig, out: Path) -> list[Any]:
     lg = cfg.get("logger")
     if not lg:
         return []
-    loggers = [instantiate(v) for v in lg.values() if v is not None and v.get("_target_")]
+    from hydra.errors import InstantiationException
+
+    from peftbench.errors import PeftbenchError
+
+    try:
+        loggers = [instantiate(v) for v in lg.values() if v is not None and v.get("_target_")]
+    except InstantiationException as e:  # a tracker's own refusal (e.g. swanlab missing) stays a refusal
+        if isinstance(e.__cause__, PeftbenchError):
+            raise e.__cause__ from None
+        raise
     if loggers:  # every tracker gets the resolved config (wandb: run config; tensorboard/csv: hparams)
         hp = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
@@ -72,6 +81,9 @@ def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
     from peftbench.budget import check_gradient_checkpointing, plan_budget, run_with_budget
     from peftbench.data.packing import check_packing
 
+    from peftbench.bench.knobs import check_knobs
+
+    check_knobs(cfg)  # tf32 / fused / attn_implementation / compile: refused before any weight
     budget = plan_budget(cfg)  # refusals before any weight or token
     check_gradient_checkpointing(cfg)
     check_packing(cfg)
@@ -102,11 +114,15 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
     strategy = make_strategy(cfg, plan.method)
     loggers = make_loggers(cfg, out)  # a tracker that cannot run is refused before weights load
 
+    from peftbench.bench.knobs import apply_backend_knobs, check_knobs, maybe_compile
+
+    knobs = check_knobs(cfg)
+    apply_backend_knobs(knobs)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t = time.perf_counter()
     tok = load_tokenizer(plan.spec)
     model = load_model(plan.spec, plan.task, plan.num_labels, tok, plan.method.load_kwargs(plan.ctx),
-                       init_seed=int(cfg.model.get("init_seed", 0)))
+                       init_seed=int(cfg.model.get("init_seed", 0)), attn_implementation=knobs["attn_implementation"])
     timings["load_model_s"] = time.perf_counter() - t
     base_names = pm.base_param_names(model)
     forget = ForgettingMeter(forget_plan, tok) if forget_plan is not None else None
@@ -120,6 +136,7 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
         from peftbench.budget import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)
+    model = maybe_compile(model, knobs)  # perf.compile: in place, parameter names unchanged
     counts = pm.count_params(model, base_names)
     if counts["trainable"] == 0:
         raise ConfigError(f"method '{plan.method.name}' left nothing trainable", option="method")

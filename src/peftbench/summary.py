@@ -84,4 +84,5 @@ def render_summary(rec: Mapping[str, Any], out: Path | None = None, stream: Text
         tty = bool(stream.isatty())
     except (AttributeError, ValueError):
         tty = False
-    Console(file=stream, soft_wrap=False, width=None if tty else 120).print(table)
+    # a log file gets full lines (paths must stay copy-pastable); a terminal wraps to its width
+    Console(file=stream, soft_wrap=False, width=None if tty else 1000).print(table)

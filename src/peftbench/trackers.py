@@ -85,3 +85,13 @@ def swanlab_logger(save_dir: str, project: str = "peftbench", name: str | None =
     kwargs.setdefault("mode", os.environ.get("SWANLAB_MODE", "local"))
     return SwanLabLogger(project=project, experiment_name=name or auto_name, logdir=save_dir,
                          group=group, **kwargs)
+
+
+def finish_runs(ok: bool = True) -> None:
+    """End the tracker runs of this job. Lightning's loggers leave the wandb run open until the
+    process exits, so the next job of a sequential multirun would log into it: close it here."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=0 if ok else 1)

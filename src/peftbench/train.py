@@ -159,6 +159,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         rec.update(status=status, error=f"{type(e).__name__}: {e}")
         rec.setdefault("traceback", traceback.format_exc())
         log.error("%s: %s", status, rec["error"])
+    from peftbench.trackers import finish_runs
+
+    finish_runs(ok=rec["status"] == "ok")  # a sequential multirun's next job gets its own tracker run
     rec["timings"]["total_s"] = round(time.time() - t_start, 3)
     if not rec["env"].get("python"):
         rec["env"].update(env_info())

@@ -48,8 +48,10 @@ class PeftLitModule(L.LightningModule):
     # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         loss, _, _ = self.task.step(self.model, batch)
-        # on_step logging without sync_dist: no cross-rank sync and no .item() on the hot path.
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # on_step logging without sync_dist: no cross-rank sync. prog_bar only when a bar is drawn:
+        # Lightning turns progress-bar metrics into Python floats (.item(), a device sync) every step.
+        bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=bar, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -95,7 +97,7 @@ class PeftLitModule(L.LightningModule):
         if name == "adamw":
             kw: dict[str, Any] = {"lr": o["lr"], "weight_decay": o.get("weight_decay", 0.0),
                                   "betas": tuple(o.get("betas", (0.9, 0.999))), "eps": o.get("eps", 1e-8)}
-            if o.get("fused") and torch.cuda.is_available():
+            if o.get("fused"):  # one kernel for all tensors; CUDA, and CPU since torch 2.4
                 kw["fused"] = True
             opt = torch.optim.AdamW(params, **kw)
         elif name == "sgd":

@@ -165,7 +165,7 @@ def _tiny_dir(spec: ModelSpec, task: str, num_labels: int, vocab: int, pad: int 
 
 
 def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwargs: dict[str, Any] | None = None,
-               init_seed: int = 0):
+               init_seed: int = 0, attn_implementation: str | None = None):
     """Load the task model. Tiny/from-config models are initialised with ``init_seed``, saved once,
     then loaded with ``from_pretrained`` like any checkpoint (so 4-bit loading works on them too)."""
     import torch
@@ -174,6 +174,8 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
     auto = _auto_class(task)
     kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     kw.update(load_kwargs or {})
+    if attn_implementation:  # model.attn_implementation: eager | sdpa | flash_attention_2 (bench/knobs.py)
+        kw["attn_implementation"] = attn_implementation
     pad = tokenizer.pad_token_id if tokenizer is not None else None
     if spec.from_config:
         vocab = len(tokenizer) if tokenizer is not None else spec.arch.get("vocab_size")

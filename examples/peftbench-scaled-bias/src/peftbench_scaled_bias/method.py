@@ -1,6 +1,6 @@
 """Scaled bias — a toy selective method for the plugin example.
 
-Update rule: for every bias b of the target modules, b' = b + s ⊙ δ with δ (same shape as b,
+Update rule: for every bias b of the target modules, b' = b + s·δ with δ (same shape as b,
 zero-init) and a scalar s fixed by config; only δ trains. W and every other tensor stay frozen.
 Equivalent to BitFit on a subset of biases with a re-scaled learning rate, which keeps the
 example short while exercising the whole plugin path (apply, save, load, merge).
@@ -12,20 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from peftbench.errors import ConfigError
 from peftbench.methods.base import ApplyContext, Method, freeze, matching_modules, require_positive, unfreeze_modules
 
 
-class _AddScaledDelta(nn.Module):
-    def __init__(self, shape: torch.Size, scale: float):
-        super().__init__()
-        self.delta = nn.Parameter(torch.zeros(shape))
-        self.scale = scale
-
-    def forward(self, bias: torch.Tensor) -> torch.Tensor:
-        return bias + self.scale * self.delta
+def _add_delta(mod: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the bias shift b' = b + s·δ, applied to the module output (same effect)."""
+    return out + mod.bias_scale * mod.bias_delta
 
 
 @dataclass
@@ -50,13 +44,22 @@ class ScaledBias(Method):
         for name in matching_modules(model, self.target_modules):
             mod = model.get_submodule(name)
             if getattr(mod, "bias", None) is not None:
-                parametrize.register_parametrization(mod, "bias", _AddScaledDelta(mod.bias.shape, self.scale))
+                # A new parameter + a hook (not torch parametrize: its dynamically created class
+                # is shared by deep copies, so merging a copy would break the original).
+                mod.register_parameter("bias_delta", nn.Parameter(torch.zeros_like(mod.bias)))
+                mod.bias_scale = self.scale
+                mod.register_forward_hook(_add_delta)
         if self.train_head and ctx.task == "classification":
             unfreeze_modules(model, ctx.head_modules)
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:
-        for mod in list(model.modules()):
-            if parametrize.is_parametrized(mod, "bias"):
-                parametrize.remove_parametrizations(mod, "bias", leave_parametrized=True)
+        for mod in model.modules():
+            if hasattr(mod, "bias_delta"):
+                with torch.no_grad():
+                    mod.bias.add_(mod.bias_scale * mod.bias_delta)
+                del mod.bias_delta
+                for key, fn in list(mod._forward_hooks.items()):
+                    if fn is _add_delta:
+                        del mod._forward_hooks[key]
         return model

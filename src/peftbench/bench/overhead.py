@@ -1,0 +1,471 @@
+"""Framework overhead: peftbench's Lightning path vs a hand-written loop vs Hugging Face ``Trainer``.
+
+Three runners train the *same* model (one from-config BERT, adapted by the same peftbench Method
+object), on the *same* tensors (a seeded synthetic batch set), with the same optimizer, schedule,
+batch, precision and number of steps:
+
+  (a) a hand-written PyTorch loop — the floor;
+  (b) peftbench's path: PeftLitModule + ``L.Trainer`` with the callbacks, loggers, progress
+      output and checkpoint callback that ``run_text`` gives every run;
+  (c) ``transformers.Trainer`` — what a researcher would use instead.
+
+Every runner-round runs in a fresh subprocess, so one runner's memory peak (``ru_maxrss`` of
+that process) cannot contaminate another's, and rounds are interleaved (a b c a b c …) so a
+loaded machine slows all three alike; ratios are taken per round (paired) and their median is
+reported. Throughput counts optimizer steps from the end of step ``warmup`` to the end of the
+last step (timestamps taken at the end of each step, so data loading and every per-step hook
+of the framework are inside the measured span).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUNNERS = ("a", "b", "c")
+RUNNER_NAMES = {"a": "hand-written PyTorch loop", "b": "peftbench (Lightning)", "c": "HF Trainer"}
+DEFAULT_METHODS = ("full", "lora", "qlora", "ia3", "prefix_tuning", "houlsby")
+# Compute dominates a step on CPU (16 × 128 tokens through 2 blocks of width 128) while a round
+# stays short on a shared 2-core machine; the vocabulary embedding alone is 3.9 M parameters.
+BENCH_ARCH = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
+SEQ_LEN = 128
+BATCH = 16
+WARMUP = 2
+
+
+# ---- shared set-up (child process) -------------------------------------------------------------
+def bench_overrides(method: str, steps: int, batch: int = BATCH) -> list[str]:
+    """Hydra overrides for the bench model and run (data files are only read for labels/limits)."""
+    arch = [f"model.sizes.tiny.arch.{k}={v}" for k, v in BENCH_ARCH.items()]
+    return ["model=bert", "model_size=tiny", *arch, f"method={method}", "dataset=sst2", f"data.batch_size={batch}",
+            f"trainer.max_steps={steps}", "dataset.train_limit=64", "dataset.val_limit=32",
+            "measure.inference_overhead=false", "measure.changed=false"]
+
+
+def synthetic_rows(n: int, vocab: int, seq_len: int = SEQ_LEN, num_labels: int = 2, seed: int = 0) -> list[dict]:
+    """The fixed example set: identical tensors in every runner and every process (seeded)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab, (n, seq_len), generator=g)
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    mask = torch.ones(seq_len, dtype=torch.long)
+    return [{"input_ids": ids[i], "attention_mask": mask, "labels": labels[i]} for i in range(n)]
+
+
+@dataclass
+class Setup:
+    cfg: Any
+    plan: Any
+    model: Any
+    rows: list
+    batch: int
+    steps: int
+    out: Path
+    rss_before_mb: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def build_setup(method: str, steps: int, out: Path, batch: int = BATCH) -> Setup:
+    """The model exactly as run_text builds it: plan → tokenizer → load_model → method.apply."""
+    import torch
+
+    from peftbench.build import make_plan
+    from peftbench.compose import compose
+    from peftbench.measure.memory import current_rss_mb
+    from peftbench.models import load_model, load_tokenizer
+
+    cfg = compose(bench_overrides(method, steps, batch), output_dir=str(out))
+    plan = make_plan(cfg)
+    tok = load_tokenizer(plan.spec)
+    model = load_model(plan.spec, plan.task, plan.num_labels, tok, plan.method.load_kwargs(plan.ctx),
+                       init_seed=int(cfg.model.get("init_seed", 0)))
+    torch.manual_seed(int(cfg.seed))
+    model = plan.method.apply(model, plan.ctx)
+    model.train()
+    rows = synthetic_rows(steps * batch, len(tok), num_labels=plan.num_labels)
+    return Setup(cfg, plan, model, rows, batch, steps, out, rss_before_mb=current_rss_mb())
+
+
+def _loader(s: Setup):
+    import torch
+
+    return torch.utils.data.DataLoader(s.rows, batch_size=s.batch, shuffle=False, num_workers=0)
+
+
+def _lr_factor(total: int, warmup_ratio: float):
+    warm = int(warmup_ratio * total)
+
+    def factor(step: int) -> float:  # the same linear warm-up/decay as PeftLitModule
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return max(0.0, 1.0 - (step - warm) / max(1, total - warm))
+
+    return factor
+
+
+# ---- the three runners ------------------------------------------------------------------------
+def run_a(s: Setup) -> list[float]:
+    """(a) The floor: forward, backward, AdamW, schedule, zero_grad; nothing else."""
+    import torch
+
+    from peftbench.run_text import effective_optim
+
+    o = effective_optim(s.cfg)
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o.get("weight_decay", 0.0),
+                            betas=tuple(o.get("betas", (0.9, 0.999))), eps=o.get("eps", 1e-8))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(s.steps, o.get("warmup_ratio", 0.0)))
+    hook = getattr(s.plan.method, "on_train_step_end", None)
+    stamps: list[float] = []
+    for i, batch in enumerate(_loader(s)):
+        loss = s.model(**batch).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if hook is not None:
+            hook(s.model, i + 1)
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def run_b(s: Setup) -> list[float]:
+    """(b) peftbench: the module, trainer kwargs, callbacks, loggers and checkpointing of run_text."""
+    import lightning as L
+
+    from peftbench import resume
+    from peftbench.budget import plan_budget
+    from peftbench.callbacks import DivergenceCallback, FirstStepTimer
+    from peftbench.lit import PeftLitModule
+    from peftbench.lit.tasks import make_task
+    from peftbench.measure import memory as mem
+    from peftbench.measure import throughput as tp
+    from peftbench.progress import progress_callbacks
+    from peftbench.results import run_id
+    from peftbench.run_text import _trainer_kwargs, effective_optim, make_loggers, make_strategy
+    from omegaconf import OmegaConf
+
+    cfg, plan = s.cfg, s.plan
+    budget = plan_budget(cfg)
+    stamps: list[float] = []
+
+    class _Stamp(L.Callback):  # last callback: the stamp follows every hook of the step
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            stamps.append(time.perf_counter())
+
+    lit = PeftLitModule(s.model, make_task(plan.task, plan.num_labels), effective_optim(cfg),
+                        step_hook=getattr(plan.method, "on_train_step_end", None))
+    callbacks = [mem.MemoryCallback(), tp.ThroughputCallback(warmup_steps=int(cfg.measure.warmup_steps)),
+                 DivergenceCallback(every_n_steps=int(cfg.measure.finite_check_every)),
+                 FirstStepTimer(t_start=time.perf_counter())]
+    tkw = _trainer_kwargs(cfg)
+    tkw.update(precision=budget.precision, accumulate_grad_batches=budget.accumulate_grad_batches)
+    bars, tkw["enable_progress_bar"] = progress_callbacks(bool(tkw.get("enable_progress_bar", True)),
+                                                          int(tkw.get("log_every_n_steps") or 25))
+    callbacks += bars
+    loader = resume.resumable_loader(_loader(s), int(cfg.seed))
+    rid = run_id(OmegaConf.to_container(cfg, resolve=True))
+    ckpt = resume.make_checkpoint_callback(OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True),
+                                           s.out, rid, loader)
+    if ckpt is not None:
+        callbacks.append(ckpt)
+        lit.strict_loading = False
+    callbacks.append(_Stamp())
+    trainer = L.Trainer(default_root_dir=str(s.out), logger=make_loggers(cfg, s.out) or False, callbacks=callbacks,
+                        strategy=make_strategy(cfg, plan.method), enable_checkpointing=ckpt is not None, **tkw)
+    trainer.fit(lit, train_dataloaders=loader)
+    return stamps
+
+
+def run_c(s: Setup) -> list[float]:
+    """(c) transformers.Trainer with the same optimizer, schedule and batch; no eval, no saving."""
+    import transformers
+
+    from peftbench.run_text import effective_optim
+
+    o = effective_optim(s.cfg)
+    stamps: list[float] = []
+
+    class _Stamp(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    args = transformers.TrainingArguments(
+        output_dir=str(s.out / "hf"), max_steps=s.steps, per_device_train_batch_size=s.batch,
+        learning_rate=o["lr"], weight_decay=o.get("weight_decay", 0.0), adam_beta1=o["betas"][0],
+        adam_beta2=o["betas"][1], adam_epsilon=o.get("eps", 1e-8), lr_scheduler_type="linear",
+        warmup_steps=int(o.get("warmup_ratio", 0.0) * s.steps), optim="adamw_torch", logging_steps=25,
+        save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=True, seed=int(s.cfg.seed))
+    trainer = transformers.Trainer(model=s.model, args=args, train_dataset=s.rows, callbacks=[_Stamp()])
+    trainer.train()
+    return stamps
+
+
+def worker(runner: str, method: str, steps: int, out: Path, batch: int = BATCH) -> dict[str, Any]:
+    """One runner-round (run in a fresh process): steps/s after warm-up and this process's peak RSS."""
+    t0 = time.perf_counter()
+    s = build_setup(method, steps, out, batch)
+    setup_s = time.perf_counter() - t0
+    stamps = {"a": run_a, "b": run_b, "c": run_c}[runner](s)
+    if len(stamps) != steps:
+        raise RuntimeError(f"runner {runner} ran {len(stamps)} steps, expected {steps}")
+    w = min(WARMUP, steps - 1)
+    span = stamps[-1] - stamps[w - 1] if w > 0 else stamps[-1] - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"runner": runner, "method": method, "steps": steps, "steps_per_s": (steps - w) / span,
+            "peak_rss_mb": peak, "rss_before_train_mb": s.rss_before_mb, "setup_s": setup_s}
+
+
+# ---- data set-up: cached tokenization -----------------------------------------------------------
+def data_setup_worker(cache: Path) -> dict[str, Any]:
+    """TaskDataModule.setup on the full SST-2 train/validation splits with this cache dir."""
+    from omegaconf import OmegaConf
+
+    from peftbench.build import make_plan
+    from peftbench.compose import compose
+    from peftbench.data.datamodule import TaskDataModule
+    from peftbench.models import load_tokenizer
+
+    cfg = compose(["model=bert", "model_size=tiny", "method=lora", "dataset=sst2"], output_dir=str(cache))
+    plan = make_plan(cfg)
+    dm = TaskDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.paths.get("data_dir"),
+                        batch_size=16, cache_dir=cache, examples=plan.examples)
+    dm.set_tokenizer(load_tokenizer(plan.spec))
+    t = time.perf_counter()
+    dm.setup("fit")
+    return {"setup_s": time.perf_counter() - t, "rows": {k: len(v) for k, v in dm.splits.items()}}
+
+
+# ---- parent: interleave, aggregate, report ------------------------------------------------------
+def _child(args: list[str], timeout: float = 1800) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pb-bench-") as tmp:
+        res = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "peftbench.bench.overhead", *args, "--tmp", tmp, "--result", str(res)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0 or not res.exists():
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            return {"error": " | ".join(tail) or f"exit {p.returncode}"}
+        return json.loads(res.read_text())
+
+
+def _cli_path() -> list[str]:
+    exe = shutil.which("peftbench") or str(Path(sys.executable).with_name("peftbench"))
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "peftbench.cli"]
+
+
+def startup_seconds(sub: str, repeats: int = 5) -> float:
+    """Min wall time of ``peftbench <sub> --help`` over ``repeats`` fresh processes."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([*_cli_path(), sub, "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def first_step_seconds(steps: int = 3) -> dict[str, Any]:
+    """A real ``peftbench-train`` run of the bench model: results.json timings (first_step_s …)."""
+    with tempfile.TemporaryDirectory(prefix="pb-bench-train-") as tmp:
+        exe = shutil.which("peftbench-train") or str(Path(sys.executable).with_name("peftbench-train"))
+        cmd = [exe, *bench_overrides("lora", steps, 8), f"hydra.run.dir={tmp}", "logger=csv"]
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        f = Path(tmp) / "results.json"
+        if p.returncode != 0 or not f.exists():
+            return {"error": (p.stderr or p.stdout).strip().splitlines()[-1:] or ["?"]}
+        rec = json.loads(f.read_text())
+        return {**{k: v for k, v in rec.get("timings", {}).items() if isinstance(v, (int, float))},
+                "process_wall_s": wall}
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Per method: paired per-round ratios (b/a, b/c throughput; b/a peak memory), median over rounds."""
+    rows = []
+    for m in methods:
+        by_round: dict[int, dict[str, dict]] = {}
+        for r in results:
+            if r["method"] == m:
+                by_round.setdefault(r["round"], {})[r["runner"]] = r
+        errs = sorted({f"{k}: {v['error']}" for rr in by_round.values() for k, v in rr.items() if "error" in v})
+
+        def ratio(x: str, y: str, key: str) -> list[float]:
+            return [rr[x][key] / rr[y][key] for rr in by_round.values()
+                    if x in rr and y in rr and key in rr[x] and key in rr[y]]
+
+        def med(runner: str, key: str) -> float | None:
+            return _median([rr[runner].get(key) for rr in by_round.values() if runner in rr])
+
+        rows.append({"method": m, "rounds": len(by_round),
+                     "a_steps_per_s": med("a", "steps_per_s"), "b_steps_per_s": med("b", "steps_per_s"),
+                     "c_steps_per_s": med("c", "steps_per_s"),
+                     "thr_b_over_a": _median(ratio("b", "a", "steps_per_s")),
+                     "thr_b_over_c": _median(ratio("b", "c", "steps_per_s")),
+                     "mem_b_over_a": _median(ratio("b", "a", "peak_rss_mb")),
+                     "a_peak_mb": med("a", "peak_rss_mb"), "b_peak_mb": med("b", "peak_rss_mb"),
+                     "c_peak_mb": med("c", "peak_rss_mb"), "errors": errs})
+    return rows
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    vers = {}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("torch", "lightning", "transformers", "peft", "bitsandbytes", "datasets"):
+        try:
+            vers[pkg] = version(pkg)
+        except PackageNotFoundError:
+            vers[pkg] = None
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "versions": vers,
+            "loadavg": [round(x, 2) for x in load] if load else None}
+
+
+def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
+    mc = meta["machine"]
+    lines = ["# Framework overhead: peftbench vs hand-written loop vs HF Trainer", "",
+             f"Command: `{meta['command']}`", "",
+             f"Machine: {mc['nproc']} CPU(s), {mc['cpu']}, Python {mc['python']}; load average at start "
+             f"{mc['loadavg']} (a shared, loaded machine: absolute rates are noisy, the paired per-round "
+             f"ratios are what to read).", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in mc["versions"].items()), "",
+             f"Setup: BERT from config {BENCH_ARCH}, batch {meta['batch']} × {SEQ_LEN} tokens (synthetic, "
+             f"seeded, identical in all runners), fp32, AdamW + linear schedule, {meta['steps']} steps "
+             f"({WARMUP} warm-up steps excluded), {meta['rounds']} interleaved rounds (a b c a b c …), "
+             "one fresh process per runner-round; peak memory = that process's ru_maxrss.", "",
+             "| method | a steps/s | b steps/s | c steps/s | thr b/a | thr b/c | mem b/a | peak MiB a / b / c |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peaks = " / ".join(_fmt(r[f"{k}_peak_mb"], 0) for k in RUNNERS)
+        lines.append(f"| {r['method']} | {_fmt(r['a_steps_per_s'], 2)} | {_fmt(r['b_steps_per_s'], 2)} | "
+                     f"{_fmt(r['c_steps_per_s'], 2)} | {_fmt(r['thr_b_over_a'])} | {_fmt(r['thr_b_over_c'])} | "
+                     f"{_fmt(r['mem_b_over_a'])} | {peaks} |")
+    errs = [f"- {r['method']}: {e}" for r in rows for e in r["errors"]]
+    if errs:
+        lines += ["", "Errors:", *errs]
+    t = meta.get("targets")
+    if t:
+        lines += ["", "Targets (thr b/a ≥ 0.97, mem b/a ≤ 1.05, thr b/c ≥ 1.0), per method: " +
+                  ", ".join(f"{m}: {v}" for m, v in t.items())]
+    extra = meta.get("extra") or {}
+    if extra:
+        lines += ["", "## Start-up and data", ""]
+        for k, v in extra.items():
+            lines.append(f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict]) -> dict[str, str]:
+    out = {}
+    for r in rows:
+        ok = [r["thr_b_over_a"] is not None and r["thr_b_over_a"] >= 0.97,
+              r["mem_b_over_a"] is not None and r["mem_b_over_a"] <= 1.05,
+              r["thr_b_over_c"] is not None and r["thr_b_over_c"] >= 1.0]
+        out[r["method"]] = "met" if all(ok) else "not met (" + ", ".join(
+            n for n, k in zip(("b/a", "mem", "b/c"), ok) if not k) + ")"
+    return out
+
+
+def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | None = None,
+              batch: int = BATCH, extras: bool = True, command: str | None = None,
+              log=print) -> dict[str, Any]:
+    """Interleaved a b c rounds per method; writes ``overhead.md`` + ``overhead.json`` under ``out``."""
+    from peftbench.errors import ConfigError
+    from peftbench.methods.registry import available_methods
+
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; known: {available_methods()}", option="--methods")
+    if steps < 2 or rounds < 1:
+        raise ConfigError("need --steps ≥ 2 and --rounds ≥ 1", option="--steps")
+    meta: dict[str, Any] = {"command": command or "peftbench bench", "machine": machine(), "steps": steps,
+                            "rounds": rounds, "batch": batch}
+    results = []
+    for rnd in range(rounds):
+        for m in methods:
+            for runner in RUNNERS:
+                r = _child(["--worker", runner, "--method", m, "--steps", str(steps), "--batch", str(batch)])
+                r.update(round=rnd, runner=runner, method=m)
+                log(f"round {rnd + 1}/{rounds} {m:<14} {runner}: " +
+                    (f"{r['steps_per_s']:.2f} steps/s, peak {r['peak_rss_mb']:.0f} MiB" if "error" not in r
+                     else f"error {r['error']}"))
+                results.append(r)
+    rows = summarize(results, methods)
+    meta["targets"] = targets(rows)
+    extra: dict[str, Any] = {}
+    if extras:
+        with tempfile.TemporaryDirectory(prefix="pb-bench-cache-") as cache:
+            d1 = _child(["--data-setup", "--cache", cache])
+            d2 = _child(["--data-setup", "--cache", cache])
+        if "error" not in d1 and "error" not in d2:
+            extra["data setup (SST-2, fresh process each) run 1 / run 2 s"] = \
+                f"{d1['setup_s']:.2f} / {d2['setup_s']:.3f} → ratio {d2['setup_s'] / d1['setup_s']:.3f} (target ≤ 0.1)"
+        else:
+            extra["data setup"] = f"error: {d1.get('error') or d2.get('error')}"
+        for sub in ("report", "params"):
+            s = startup_seconds(sub)
+            extra[f"`peftbench {sub} --help` (min of 5) s"] = f"{s:.3f} (target < 1)"
+        extra["peftbench-train (bench model, lora, 3 steps) timings s"] = first_step_seconds()
+    meta["extra"] = extra
+    text = markdown(rows, meta)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "overhead.md").write_text(text)
+        (out / "overhead.json").write_text(json.dumps({"meta": meta, "rows": rows, "results": results}, indent=2))
+    return {"rows": rows, "markdown": text, "meta": meta, "results": results}
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Child-process entry: ``--worker RUNNER --method M`` or ``--data-setup --cache DIR``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m peftbench.bench.overhead")
+    p.add_argument("--worker", choices=RUNNERS)
+    p.add_argument("--method")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--data-setup", action="store_true")
+    p.add_argument("--cache")
+    p.add_argument("--tmp", required=True)
+    p.add_argument("--result", required=True)
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.data_setup:
+        res = data_setup_worker(Path(a.cache))
+    else:
+        res = worker(a.worker, a.method, a.steps, Path(a.tmp), a.batch)
+    Path(a.result).write_text(json.dumps(res))
+
+
+if __name__ == "__main__":
+    _main()

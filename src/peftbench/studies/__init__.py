@@ -1,0 +1,1 @@
+"""Self-contained seed studies (small reproductions run through ``study: <dotted path>``)."""

@@ -1,0 +1,193 @@
+"""Hardening: bad numbers refused before any weight loads, security defaults, and disk failures
+(read-only output dir, a crash while writing results.json) that never lose or corrupt a record."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from peftbench import results
+from peftbench.build import make_plan
+from peftbench.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "peftbench"
+FAST1 = ["model_size=tiny", "trainer.max_steps=1", "dataset.train_limit=16", "dataset.val_limit=8",
+         "measure.inference_overhead=false", "measure.changed=false"]
+
+
+# ---- bad numbers: refused by make_plan (which never loads weights), naming the option ---------------
+@pytest.mark.parametrize("overrides, option", [
+    (["optim.lr=0"], "optim.lr"),
+    (["optim.lr=-1e-3"], "optim.lr"),
+    (["optim.lr=nan"], "optim.lr"),
+    (["optim.lr=inf"], "optim.lr"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["optim.warmup_ratio=1.5"], "optim.warmup_ratio"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay"),
+    (["dataset.max_length=0"], "dataset.max_length"),
+    (["dataset.max_length=4096"], "dataset.max_length"),  # bert tiny has 512 positions
+    (["method=lora", "method.r=0"], "method.r"),
+    (["method=lora", "method.r=-4"], "method.r"),
+    (["method=prompt_tuning", "method.num_virtual_tokens=100000"], "method.num_virtual_tokens"),
+    # fits alone (500 < 512) but not with the 64-token inputs: position lookup would fail in BERT
+    (["method=prompt_tuning", "method.num_virtual_tokens=500"], "method.num_virtual_tokens"),
+    (["model=roberta", "dataset.max_length=513"], "dataset.max_length"),  # 514 positions, offset by pad id + 1
+    (["model=gpt2", "dataset=tinyshakespeare", "dataset.block_size=4096"], "dataset.block_size"),
+])
+def test_bad_numbers_refused_before_weights(compose_run, overrides, option):
+    cfg = compose_run("model=bert", "model_size=tiny", *overrides)
+    with pytest.raises(ConfigError) as e:
+        make_plan(cfg, load_data=False)
+    assert e.value.option == option
+    assert f"[{option}]" in str(e.value)
+
+
+def test_refused_run_records_status_and_writes_no_weights(compose_run):
+    from peftbench.train import train
+
+    cfg = compose_run("model=bert", "method=lora", "optim.lr=nan", *FAST1)
+    rec = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert rec["status"] == "refused" and "[optim.lr]" in rec["error"]
+    assert results.read(out / "results.json")["status"] == "refused"
+    assert not (out / "adapter").exists()
+
+
+# ---- security defaults -----------------------------------------------------------------------------
+def test_trust_remote_code_false_by_default_in_every_family():
+    import yaml
+
+    for f in sorted((ROOT / "conf" / "model").glob("*.yaml")):
+        assert yaml.safe_load(f.read_text()).get("trust_remote_code", False) is False, f
+
+
+def test_run_records_trust_remote_code_and_saves_only_safetensors(compose_run):
+    from peftbench.train import train
+
+    cfg = compose_run("model=bert", "method=lora", *FAST1)
+    rec = train(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    out = Path(cfg.paths.output_dir)
+    on_disk = results.read(out / "results.json")
+    assert on_disk["env"]["trust_remote_code"] is False
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    pickled = [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
+    assert not pickled, pickled
+    # opting in is recorded too (a refused run still says what it would have trusted)
+    rec2 = train(compose_run("model=bert", "model.trust_remote_code=true", "optim.lr=0", *FAST1))
+    assert rec2["status"] == "refused" and rec2["env"]["trust_remote_code"] is True
+
+
+def _calls(pattern: str) -> list[tuple[Path, int, str]]:
+    """Each call matching ``pattern`` in src/, with its full argument text (calls may span lines)."""
+    hits = []
+    for f in sorted(SRC.rglob("*.py")):
+        text = f.read_text()
+        for m in re.finditer(pattern, text):
+            depth, i = 0, m.end() - 1
+            while i < len(text):
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                if depth == 0:
+                    break
+                i += 1
+            hits.append((f.relative_to(ROOT), text.count("\n", 0, m.start()) + 1, text[m.start(): i + 1]))
+    return hits
+
+
+def test_every_torch_load_is_weights_only():
+    """Unpickling a checkpoint can execute code: every torch.load must pass weights_only=True."""
+    bad = [f"{f}:{line}: {call}" for f, line, call in _calls(r"torch\.load\(") if "weights_only=True" not in call]
+    assert not bad, "torch.load without weights_only=True:\n" + "\n".join(bad)
+
+
+def test_no_code_execution_from_files():
+    """Nothing in src/ unpickles, evals or yaml-loads unsafely; results and configs are data only."""
+    pats = [r"\bpickle\.loads?\(", r"\bdill\.", r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"yaml\.load\(",
+            r"yaml\.unsafe_load\(", r"trust_remote_code\s*=\s*True"]
+    bad = [f"{f}:{line}: {call[:80]}" for p in pats for f, line, call in _calls(p)]
+    assert not bad, "\n".join(bad)
+
+
+def test_report_reads_results_as_plain_json(tmp_path):
+    """A results.json with a Hydra ``_target_`` in it is read as data, never instantiated."""
+    from peftbench.report.collect import collect
+
+    marker = tmp_path / "pwned"
+    rec = results.empty_record(run_id="x", config={"evil": {"_target_": "builtins.open", "_args_": [str(marker), "w"]}},
+                               model={"family": "bert", "size": "tiny"}, method={"name": "lora", "family": "r"},
+                               dataset={"name": "sst2"})
+    results.write(tmp_path / "run" / "results.json", rec)
+    collect([tmp_path])
+    assert not marker.exists()
+
+
+# ---- disk ----------------------------------------------------------------------------------------------
+def _under_a_file(tmp: Path) -> Path:
+    (tmp / "a_file").write_text("x")
+    return tmp / "a_file" / "run"  # its parent is a regular file: mkdir fails with ENOTDIR
+
+
+@pytest.mark.parametrize("make_out", [
+    _under_a_file,
+    lambda tmp: Path("/proc/self/peftbench-run"),  # procfs: not writable, even for root
+], ids=["parent-is-file", "procfs"])
+def test_unwritable_output_dir_refused_before_training(compose_run, tmp_path, make_out):
+    """chmod does not stop root, so use paths no one can create directories in."""
+    from peftbench.train import train
+
+    out = make_out(tmp_path)
+    cfg = compose_run("model=bert", "method=lora", *FAST1, out=out)
+    rec = train(cfg)
+    assert rec["status"] == "refused"
+    assert "[hydra.run.dir]" in rec["error"] and "not writable" in rec["error"]
+    assert "plan_s" not in rec["timings"]  # refused before the plan, so before weights and data
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot serialise")
+
+
+def _rec(**kw):
+    return results.empty_record(run_id="r1", model={"family": "bert", "size": "tiny"},
+                                method={"name": "lora", "family": "reparameterized"}, dataset={"name": "sst2"}, **kw)
+
+
+def test_results_write_crash_midway_leaves_no_file(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot serialise"):
+        results.write(tmp_path, _rec(metrics={"a": 1.0, "z": _Unprintable()}))
+    assert os.listdir(tmp_path) == []
+
+
+def test_results_write_crash_keeps_previous_record(tmp_path, monkeypatch):
+    """A failing rename (disk full, killed job) leaves the previous results.json intact, no temp file."""
+    first = results.write(tmp_path, _rec(status="ok", metrics={"val/acc": 0.9}))
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        results.write(tmp_path, _rec(status="failed", error="x"))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["results.json"]
+    assert json.loads(first.read_text())["metrics"] == {"val/acc": 0.9}
+
+
+def test_full_output_dir_refused(tmp_path, monkeypatch):
+    """A nearly full disk is found before training (the free-space figure is the OS's, faked here)."""
+    import shutil
+    from collections import namedtuple
+
+    from peftbench.train import check_writable
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    with pytest.raises(ConfigError, match=r"\[hydra.run.dir\].*less than 50 MiB free"):
+        check_writable(tmp_path / "out")
