@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 from typing import Any, Mapping
 
@@ -103,9 +104,11 @@ def tokenize_split(ex: SplitExamples, tok, ds: Mapping[str, Any], cache_dir) -> 
 
         return tokenize_mix(ex, tok, cache_dir)
     task, max_len = ds["task"], int(ds.get("max_length", 128))
-    base = datasets.Dataset.from_dict({k: v for k, v in ex.columns.items()})
     key = _cache_key(ex, tok, ds)
     cache_file = str(cache_dir / f"{ds['name']}-{ex.split}-{key}.arrow")
+    if os.path.exists(cache_file):  # a repeated run: open the cached arrow file, build nothing
+        return _count_truncated(datasets.Dataset.from_file(cache_file), ex, ds, max_len)
+    base = datasets.Dataset.from_dict({k: v for k, v in ex.columns.items()})
     use_tpl = bool(ds.get("use_chat_template", True))
     padding = "max_length" if ds.get("padding") == "max_length" else False
 
