@@ -8,6 +8,10 @@ fail=0
 # pytest's exit code 5 means "no test selected" (e.g. no slow test on this machine): not a failure.
 run() { echo "== $*"; "$@"; rc=$?; if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then fail=1; fi; }
 
+# Headless Chromium for the HTML-report test (Debian package; the test skips without it).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed"
+fi
 run python -m pytest -q -p no:cacheprovider --timeout=900
 # Integration: a real one-node SLURM cluster (installs Debian packages; needs root).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -103,7 +103,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert rec["status"] == "ok", rec.get("error")
     assert rec["resumed_from_step"] == step, (rec["resumed_from_step"], step, p.stderr[-2000:])
     assert rec["budget"]["optimizer_steps"] == STEPS
-    assert rec["run_id"] == ref["run_id"]
+    # (run ids differ: checkpoint.keep=true is part of the killed run's config)
     assert rec["metrics"] == ref["metrics"]
     a, b = _adapter_tensors(full), _adapter_tensors(killed)
     assert a.keys() == b.keys()

@@ -70,9 +70,16 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+_NOT_IDENTITY = ("paths", "hydra", "logger", "checkpoint", "callbacks")
+_NOT_IDENTITY_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
+
+
 def run_id(config: dict[str, Any]) -> str:
-    """Hash of the resolved config without output paths: the same run has the same id anywhere."""
-    cfg = {k: v for k, v in config.items() if k not in ("paths", "hydra")}
+    """Hash of the resolved config without output paths and what only changes how a run is
+    watched (loggers, progress display, checkpoint cadence): the same run has the same id anywhere."""
+    cfg = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    if isinstance(cfg.get("trainer"), dict):
+        cfg["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in _NOT_IDENTITY_TRAINER}
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -169,7 +169,7 @@ def resume_path(out: Path, run_id: str) -> str | None:
     if not path.is_file():
         return None
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a broken checkpoint means: start over
         log.warning("ignoring unreadable checkpoint %s: %s", path, e)
         return None
