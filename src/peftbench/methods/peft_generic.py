@@ -53,8 +53,11 @@ class PeftGeneric(PeftMethod):
         unknown = sorted(set(kw) - names)
         if unknown:
             raise ConfigError(f"{cls.__name__} has no field(s) {unknown}", option=f"method.kwargs.{unknown[0]}")
+        from peft import PromptLearningConfig
+
+        # (`is_prompt_learning` is a property, so it cannot be read off the class: test the type.)
         if "target_modules" in names and kw.get("target_modules") is None and "attention" in ctx.targets \
-                and not getattr(cls, "is_prompt_learning", False):
+                and not issubclass(cls, PromptLearningConfig):
             kw["target_modules"] = resolve_targets(None, ctx)
         return kw
 
