@@ -18,7 +18,7 @@ LoHa / LoKr: peft's LyCORIS layers support nn.Linear/Conv only — GPT-2's Conv1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from peftbench.errors import ConfigError
 from peftbench.methods.base import ApplyContext, require_positive, resolve_targets
@@ -51,6 +51,7 @@ _CONV1D_MODEL_TYPES = {"gpt2"}
 class _LycorisMethod(PeftMethod):
     family = "reparameterized"
     supports_merge = True
+    peft_config_class: ClassVar[str] = ""  # LoHaConfig | LoKrConfig: the two share every field we set
 
     r: int = 8
     alpha: float = 8
@@ -68,6 +69,13 @@ class _LycorisMethod(PeftMethod):
             )
         self.check_targets(resolve_targets(self.target_modules, ctx), ctx)
 
+    def peft_config(self, ctx: ApplyContext) -> Any:
+        import peft
+
+        return getattr(peft, self.peft_config_class)(
+            task_type=ctx.peft_task_type, r=self.r, alpha=self.alpha, rank_dropout=self.rank_dropout,
+            module_dropout=self.module_dropout, target_modules=resolve_targets(self.target_modules, ctx))
+
 
 @register_method("loha")
 @dataclass
@@ -75,11 +83,7 @@ class LoHa(_LycorisMethod):
     paper = "https://arxiv.org/abs/2108.06098"
     summary = "Hadamard product of two low-rank updates (LyCORIS LoHa); mergeable"
 
-    def peft_config(self, ctx: ApplyContext) -> Any:
-        from peft import LoHaConfig
-
-        return LoHaConfig(task_type=ctx.peft_task_type, r=self.r, alpha=self.alpha, rank_dropout=self.rank_dropout,
-                          module_dropout=self.module_dropout, target_modules=resolve_targets(self.target_modules, ctx))
+    peft_config_class = "LoHaConfig"
 
 
 @register_method("lokr")
@@ -88,11 +92,7 @@ class LoKr(_LycorisMethod):
     paper = "https://arxiv.org/abs/2309.14859"
     summary = "Kronecker-product update (LyCORIS LoKr); mergeable"
 
-    def peft_config(self, ctx: ApplyContext) -> Any:
-        from peft import LoKrConfig
-
-        return LoKrConfig(task_type=ctx.peft_task_type, r=self.r, alpha=self.alpha, rank_dropout=self.rank_dropout,
-                          module_dropout=self.module_dropout, target_modules=resolve_targets(self.target_modules, ctx))
+    peft_config_class = "LoKrConfig"
 
 
 @register_method("vera")
