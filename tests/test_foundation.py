@@ -255,3 +255,43 @@ def test_quickstart_on_a_small_slice_learns(compose_run, data_dir):
     # 50 LoRA steps on real MiniLM already beat chance on SST-2 (balanced: chance = 0.5)
     assert rec["metrics"]["val/acc"] > 0.6
     assert rec["model"]["family"] == "minilm" and rec["model"]["size"] == "l6"
+
+
+@pytest.mark.parametrize("overrides, lr", [
+    (["method=full"], 5e-5),                      # the method's own default step
+    (["method=full", "optim.lr=2e-4"], 2e-4),     # an explicit lr wins (the suite's lr grid relies on it)
+    (["method=lora"], 5e-4),                      # no method default: the global one
+    (["method=lora", "optim.lr=1e-3"], 1e-3),
+])
+def test_explicit_lr_wins_over_the_method_default(compose_run, overrides, lr):
+    from peftbench.run_text import effective_optim
+
+    assert effective_optim(compose_run(*overrides))["lr"] == pytest.approx(lr)
+
+
+def test_zip_split_across_packages_is_joined_once(tmp_path, monkeypatch):
+    """The MPNet wheels' layout: one zip split in parts under several package dirs of a sys.path entry."""
+    import io
+    import zipfile
+
+    from peftbench.models.spec import joined_zip_dir
+
+    monkeypatch.setenv("PEFTBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m/config.json", '{"model_type": "mpnet"}')
+        z.writestr("m/vocab.txt", "x" * 5000)
+    blob = buf.getvalue()
+    site = tmp_path / "site"
+    cut = [0, 1500, 3000, len(blob)]
+    for i in (3, 1, 2):  # created out of order: the suffix, not the listing, gives the order
+        d = site / f"pkg-part_00{i}" / "input"
+        d.mkdir(parents=True)
+        (d / f"m.zip.00{i}").write_bytes(blob[cut[i - 1]:cut[i]])
+    out = joined_zip_dir("pkg-part_*/input/m.zip.*", search=[str(site)])
+    assert out is not None and (out / "config.json").read_text() == '{"model_type": "mpnet"}'
+    assert (out / "vocab.txt").stat().st_size == 5000
+    mtime = (out / "vocab.txt").stat().st_mtime_ns
+    assert joined_zip_dir("pkg-part_*/input/m.zip.*", search=[str(site)]) == out  # cached, not re-extracted
+    assert (out / "vocab.txt").stat().st_mtime_ns == mtime
+    assert joined_zip_dir("nothing_*/m.zip.*", search=[str(site)]) is None

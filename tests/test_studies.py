@@ -45,6 +45,7 @@ def test_text_cls_sft_accuracy_from_generated_labels(compose_run):
     m = rec["metrics"]
     assert 0.0 <= m["val/acc"] <= 1.0 and m["val/n_generated"] == 8
     assert m["val/acc"] <= m["val/valid_label_rate"]
+    assert 0.0 <= m["val/acc_zero_shot"] <= m["val/valid_label_rate_zero_shot"] <= 1.0  # the base model, same prompts
 
 
 def test_parse_label():
@@ -90,8 +91,25 @@ def test_suite_dry_run_lists_grid(capsys):
     g = grids()["standard_quick"]
     methods, skipped = available_methods(g.methods)
     assert methods and f"skipped: {skipped}" in lines[0]
-    expected = sum(len(t.models) * len(g.lr_grid(m)) * len(g.seeds) for t in g.tasks for m in methods)
+    expected = sum(len(t.models) * len(g.lr_grid(m)) for t in g.tasks for m in methods
+                   if t.methods is None or m in t.methods)  # phase 1: the lr grid on the first seed
     assert len(runs) == expected
     assert any(x.startswith("pretrain gpt2_local-s") for x in lines)
     sst2 = next(x for x in runs if x.startswith("sst2/"))
     assert "dataset.local.files.validation=dev.tsv" in sst2 and "+dataset.local.files.test=validation.tsv" in sst2
+
+
+def test_suite_second_seeds_run_only_at_the_selected_lr():
+    from peftbench.studies.suite import Cell, Grid, Task, seed_cells, select
+
+    t = Task("lm", (), "val/loss", "val/ppl", (("gpt2_local", "s"),))
+    g = Grid("g", [t], ["lora"], seeds=[1, 2, 3], lrs={"default": [1e-3, 3e-3]})
+    recs = {Cell(t, "gpt2_local", "s", "lora", 1e-3, 1): {"status": "ok", "metrics": {"val/loss": 2.0}},
+            Cell(t, "gpt2_local", "s", "lora", 3e-3, 1): {"status": "ok", "metrics": {"val/loss": 1.5}}}
+    sel = select(g, recs)
+    assert sel[0]["best_lr"] == 3e-3  # lower loss wins
+    more = list(seed_cells(sel, list(recs), g))
+    assert [(c.lr, c.seed) for c in more] == [(3e-3, 2), (3e-3, 3)]
+    recs[Cell(t, "gpt2_local", "s", "lora", 1e-3, 1)]["status"] = "failed"
+    recs[Cell(t, "gpt2_local", "s", "lora", 3e-3, 1)]["status"] = "failed"
+    assert list(seed_cells(select(g, recs), list(recs), g)) == []  # nothing selected, nothing more to run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,13 @@ def make_strategy(cfg: DictConfig, method) -> Any:
 
 
 def effective_optim(cfg: DictConfig) -> dict[str, Any]:
-    """The global optimizer block, with what the method config declares under `optim` on top."""
-    merged = OmegaConf.merge(cfg.optim, cfg.method.get("optim") or {})
+    """The global optimizer block, with what the method config declares under `optim` on top.
+
+    The method's `lr` is only the default of `optim.lr` (an interpolation in train.yaml), so an
+    explicit `optim.lr=` (command line, experiment, lr grid) is never silently replaced by it.
+    """
+    own = {k: v for k, v in (cfg.method.get("optim") or {}).items() if k != "lr"}
+    merged = OmegaConf.merge(cfg.optim, own)
     return OmegaConf.to_container(merged, resolve=True)
 
 
@@ -72,6 +78,56 @@ def make_loggers(cfg: DictConfig, out: Path) -> list[Any]:
         for logger in loggers:
             logger.log_hyperparams(hp)
     return loggers
+
+
+@dataclass
+class TrainerParts:
+    trainer: Any
+    memory: Any
+    throughput: Any
+    first_step: Any
+    checkpoint: Any          # None when checkpointing is off
+    train_loader: Any        # the resumable wrapper fit() must be given
+    ckpt_path: str | None    # where to resume from (None: fresh start)
+
+
+def make_trainer(cfg: DictConfig, lit: Any, train_loader: Any, out: Path, budget: Any, strategy: Any,
+                 loggers: list[Any], t_start: float, extra_callbacks: tuple = ()) -> TrainerParts:
+    """The Lightning Trainer every text run gets (callbacks, progress output, checkpoint/resume,
+    precision, accumulation); ``peftbench bench`` times this same function as its path (b)."""
+    import lightning as L
+
+    from peftbench import resume
+    from peftbench.callbacks import DivergenceCallback, FirstStepTimer
+    from peftbench.measure import memory as mem
+    from peftbench.measure import throughput as tp
+    from peftbench.progress import progress_callbacks
+    from peftbench.results import run_id
+
+    memcb = mem.MemoryCallback()
+    thr = tp.ThroughputCallback(warmup_steps=int(cfg.measure.warmup_steps))
+    first = FirstStepTimer(t_start=t_start)
+    callbacks = [memcb, thr, DivergenceCallback(every_n_steps=int(cfg.measure.finite_check_every)), first]
+    tkw = _trainer_kwargs(cfg)
+    tkw.update(precision=budget.precision, accumulate_grad_batches=budget.accumulate_grad_batches)
+    # rich bar on a terminal, plain periodic lines in CI / SLURM logs (see peftbench.progress)
+    bars, tkw["enable_progress_bar"] = progress_callbacks(bool(tkw.get("enable_progress_bar", True)),
+                                                          int(tkw.get("log_every_n_steps") or 25))
+    callbacks += bars
+    # resumable: trainable-state checkpoints + a sampler whose epoch order is (seed, epoch) only
+    loader = resume.resumable_loader(train_loader, int(cfg.seed))
+    rid = run_id(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_cb = resume.make_checkpoint_callback(OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True),
+                                              out, rid, loader)
+    ckpt_path = None
+    if ckpt_cb is not None:
+        callbacks.append(ckpt_cb)
+        lit.strict_loading = False  # checkpoints hold trainable tensors only; the base is reloaded
+        ckpt_path = resume.resume_path(out, rid)
+    callbacks += list(extra_callbacks)
+    trainer = L.Trainer(default_root_dir=str(out), logger=loggers or False, callbacks=callbacks,
+                        strategy=strategy, enable_checkpointing=ckpt_cb is not None, **tkw)
+    return TrainerParts(trainer, memcb, thr, first, ckpt_cb, loader, ckpt_path)
 
 
 def run_text(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -99,7 +155,6 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
     from peftbench.lit.tasks import make_task
     from peftbench.measure import memory as mem
     from peftbench.measure import params as pm
-    from peftbench.measure import throughput as tp
     from peftbench.models import load_model, load_tokenizer
 
     timings: dict[str, float] = {}
@@ -153,35 +208,8 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
     hook = getattr(plan.method, "on_train_step_end", None)
     lit = PeftLitModule(model, make_task(plan.task, plan.num_labels), effective_optim(cfg),
                         step_hook=hook)
-    memcb = mem.MemoryCallback()
-    thr = tp.ThroughputCallback(warmup_steps=int(cfg.measure.warmup_steps))
-    from peftbench.callbacks import DivergenceCallback, FirstStepTimer
-
-    first = FirstStepTimer(t_start=t0)
-    callbacks = [memcb, thr, DivergenceCallback(every_n_steps=int(cfg.measure.finite_check_every)), first]
-    from peftbench.progress import progress_callbacks
-
-    tkw = _trainer_kwargs(cfg)
-    tkw.update(precision=budget.precision, accumulate_grad_batches=budget.accumulate_grad_batches)
-    # rich bar on a terminal, plain periodic lines in CI / SLURM logs (see peftbench.progress)
-    bars, tkw["enable_progress_bar"] = progress_callbacks(bool(tkw.get("enable_progress_bar", True)),
-                                                          int(tkw.get("log_every_n_steps") or 25))
-    callbacks += bars
-    from peftbench import resume
-    from peftbench.results import run_id
-
-    # resumable: trainable-state checkpoints + a sampler whose epoch order is (seed, epoch) only
-    train_loader = resume.resumable_loader(dm.train_dataloader(), int(cfg.seed))
-    rid = run_id(OmegaConf.to_container(cfg, resolve=True))
-    ckpt_cb = resume.make_checkpoint_callback(OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True),
-                                              out, rid, train_loader)
-    ckpt_path = None
-    if ckpt_cb is not None:
-        callbacks.append(ckpt_cb)
-        lit.strict_loading = False  # checkpoints hold trainable tensors only; the base is reloaded
-        ckpt_path = resume.resume_path(out, rid)
-    trainer = L.Trainer(default_root_dir=str(out), logger=loggers or False, callbacks=callbacks,
-                        strategy=strategy, enable_checkpointing=ckpt_cb is not None, **tkw)
+    parts = make_trainer(cfg, lit, dm.train_dataloader(), out, budget, strategy, loggers, t_start=t0)
+    trainer, memcb, thr, first, ckpt_cb = parts.trainer, parts.memory, parts.throughput, parts.first_step, parts.checkpoint
     if trainer.world_size != budget.world_size:  # the effective batch was planned for another world size
         raise ConfigError(f"Lightning launched {trainer.world_size} processes, the budget planned {budget.world_size}",
                           option="trainer.devices")
@@ -191,7 +219,7 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
     from peftbench.budget import memory_cap
 
     with memory_cap(budget.memory_limit_mb):  # PEFTBENCH_MEMORY_LIMIT_MB: a smaller machine, for real
-        trainer.fit(lit, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+        trainer.fit(lit, train_dataloaders=parts.train_loader, ckpt_path=parts.ckpt_path)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics: dict[str, float] = {}
@@ -232,7 +260,8 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
         speed.update(padding_fraction=packed.padding_fraction,
                      useful_tokens_per_s=speed["train_tokens_per_s"] * (1 - packed.padding_fraction))
     if base_model is not None:
-        speed.update(_latencies(model, base_model, plan.method, next(iter(dm.val_dataloader()))))
+        batch = _head_rows(next(iter(dm.val_dataloader())), int(cfg.measure.get("latency_batch_size") or 8))
+        speed.update(_latencies(model, base_model, plan.method, batch), latency_batch_rows=_rows(batch))
     memory = memcb.summary()
     memory.update({f"analytic_{k}": v for k, v in mem.analytic_memory(model).items()})
     world = trainer.world_size
@@ -248,8 +277,27 @@ def _run_text_once(cfg: DictConfig, out: Path, budget) -> dict[str, Any]:
     )
     record["env"] = {"world_size": world, "strategy": str(cfg.strategy.name)}
     if ckpt_cb is not None and not cfg.checkpoint.get("keep", False):
+        from peftbench import resume
+
         resume.remove_checkpoints(out)  # the adapter and results.json are what a finished run keeps
     return record
+
+
+def _head_rows(batch: Any, k: int) -> Any:
+    """The first ``k`` rows of a batch: latency is a per-forward ratio, and timing a full eval
+    batch 45 times cost more than a small run's training."""
+    import torch
+
+    if isinstance(batch, dict):
+        return {n: (v[:k] if torch.is_tensor(v) and v.dim() > 0 else v) for n, v in batch.items()}
+    return batch
+
+
+def _rows(batch: Any) -> int | None:
+    import torch
+
+    t = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), None) if isinstance(batch, dict) else None
+    return int(t.shape[0]) if t is not None else None
 
 
 def _latencies(model, base_model, method, batch) -> dict[str, float]:
@@ -263,7 +311,7 @@ def _latencies(model, base_model, method, batch) -> dict[str, float]:
     if method.supports_merge:
         models["merged"] = method.merge(copy.deepcopy(model))
     lat: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(5):
+    for _ in range(3):
         for k, m in models.items():
             lat[k].append(tp.inference_latency(m, batch, n=3, warmup=1))
     med = {k: statistics.median(v) for k, v in lat.items()}

@@ -142,23 +142,15 @@ def run_a(s: Setup) -> list[float]:
 
 
 def run_b(s: Setup) -> list[float]:
-    """(b) peftbench: the module, trainer kwargs, callbacks, loggers and checkpointing of run_text."""
+    """(b) peftbench: the module and ``run_text.make_trainer`` — the very Trainer every run gets."""
     import lightning as L
 
-    from peftbench import resume
     from peftbench.budget import plan_budget
-    from peftbench.callbacks import DivergenceCallback, FirstStepTimer
     from peftbench.lit import PeftLitModule
     from peftbench.lit.tasks import make_task
-    from peftbench.measure import memory as mem
-    from peftbench.measure import throughput as tp
-    from peftbench.progress import progress_callbacks
-    from peftbench.results import run_id
-    from peftbench.run_text import _trainer_kwargs, effective_optim, make_loggers, make_strategy
-    from omegaconf import OmegaConf
+    from peftbench.run_text import effective_optim, make_loggers, make_strategy, make_trainer
 
     cfg, plan = s.cfg, s.plan
-    budget = plan_budget(cfg)
     stamps: list[float] = []
 
     class _Stamp(L.Callback):  # last callback: the stamp follows every hook of the step
@@ -167,25 +159,9 @@ def run_b(s: Setup) -> list[float]:
 
     lit = PeftLitModule(s.model, make_task(plan.task, plan.num_labels), effective_optim(cfg),
                         step_hook=getattr(plan.method, "on_train_step_end", None))
-    callbacks = [mem.MemoryCallback(), tp.ThroughputCallback(warmup_steps=int(cfg.measure.warmup_steps)),
-                 DivergenceCallback(every_n_steps=int(cfg.measure.finite_check_every)),
-                 FirstStepTimer(t_start=time.perf_counter())]
-    tkw = _trainer_kwargs(cfg)
-    tkw.update(precision=budget.precision, accumulate_grad_batches=budget.accumulate_grad_batches)
-    bars, tkw["enable_progress_bar"] = progress_callbacks(bool(tkw.get("enable_progress_bar", True)),
-                                                          int(tkw.get("log_every_n_steps") or 25))
-    callbacks += bars
-    loader = resume.resumable_loader(_loader(s), int(cfg.seed))
-    rid = run_id(OmegaConf.to_container(cfg, resolve=True))
-    ckpt = resume.make_checkpoint_callback(OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True),
-                                           s.out, rid, loader)
-    if ckpt is not None:
-        callbacks.append(ckpt)
-        lit.strict_loading = False
-    callbacks.append(_Stamp())
-    trainer = L.Trainer(default_root_dir=str(s.out), logger=make_loggers(cfg, s.out) or False, callbacks=callbacks,
-                        strategy=make_strategy(cfg, plan.method), enable_checkpointing=ckpt is not None, **tkw)
-    trainer.fit(lit, train_dataloaders=loader)
+    parts = make_trainer(cfg, lit, _loader(s), s.out, plan_budget(cfg), make_strategy(cfg, plan.method),
+                         make_loggers(cfg, s.out), t_start=time.perf_counter(), extra_callbacks=(_Stamp(),))
+    parts.trainer.fit(lit, train_dataloaders=parts.train_loader, ckpt_path=parts.ckpt_path)
     return stamps
 
 

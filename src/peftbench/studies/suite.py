@@ -44,6 +44,8 @@ class Task:
     select: str
     report: str
     models: tuple[tuple[str, str], ...]  # (model family, size)
+    methods: tuple[str, ...] | None = None  # None: the grid's; fewer for a costly model
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -62,29 +64,33 @@ class Grid:
 
 ALL_METHODS = ["full", "head_only", "bitfit", "lora", "ia3", "prefix_tuning", "houlsby"]
 LRS = {"default": [1e-3, 3e-3], "full": [5e-5, 2e-4], "head_only": [3e-3, 1e-2], "bitfit": [1e-3, 5e-3]}
-LM_BUDGET = ("dataset=wiki_demo", "trainer.max_steps=150", "data.batch_size=8", "dataset.val_limit=null")
+LM_BUDGET = ("dataset=wiki_demo", "trainer.max_steps=100", "data.batch_size=8", "dataset.val_limit=null")
 
 
 def grids() -> dict[str, Grid]:
     sst2 = lambda steps, n_sel: tuple(SST2_HELDOUT + [f"trainer.max_steps={steps}", "dataset.train_limit=3000",  # noqa: E731
                                                       f"dataset.val_limit={n_sel}", "data.batch_size=16"])
     return {
+        # ~60 min on 2 idle cores; costly models get fewer methods/seeds (stated in the report)
         "standard_cpu": Grid(
             "standard_cpu",
             tasks=[
-                Task("sst2", sst2(150, 1000), "val/acc", "test/acc",
-                     (("bert", "tiny"), ("minilm", "l6"))),  # mpnet base: hub-only (see README)
+                Task("sst2", sst2(150, 1000), "val/acc", "test/acc", (("minilm", "l6"),)),
+                Task("sst2", sst2(100, 500), "val/acc", "test/acc", (("mpnet", "base"),),
+                     methods=("full", "bitfit", "lora"), seeds=(1,)),
                 Task("alpaca_sft", ("dataset=alpaca", "trainer.max_steps=20", "data.batch_size=4",
-                                    "dataset.max_length=192", "dataset.train_limit=200", "dataset.val_limit=40"),
-                     "val/loss", "val/ppl", (("llama", "smollm2_135m"),)),
+                                    "dataset.max_length=128", "dataset.train_limit=200", "dataset.val_limit=32",
+                                    "forgetting.max_examples=16"),
+                     "val/loss", "val/ppl", (("llama", "smollm2_135m"),), methods=("full", "lora", "ia3"), seeds=(1,)),
                 Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
-                     (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l"))),
+                     (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l")),
+                     methods=("full", "bitfit", "lora", "ia3", "prefix_tuning", "houlsby")),
             ],
-            methods=ALL_METHODS, seeds=[1, 2], lrs=LRS, pretrain={"s": 1500, "m": 1500, "l": 1500}),
+            methods=ALL_METHODS, seeds=[1, 2], lrs=LRS, pretrain={"s": 800, "m": 800, "l": 800}),
         "standard_quick": Grid(
             "standard_quick",
             tasks=[
-                Task("sst2", sst2(30, 200), "val/acc", "test/acc", (("bert", "tiny"),)),
+                Task("sst2", sst2(40, 200), "val/acc", "test/acc", (("minilm", "l6"),)),
                 Task("wiki_lm", ("dataset=wiki_demo", "trainer.max_steps=15", "data.batch_size=8"),
                      "val/loss", "val/ppl", (("gpt2_local", "s"),)),
             ],
@@ -96,7 +102,7 @@ def grids() -> dict[str, Grid]:
             tasks=[Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
                         (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l")))],
             methods=["full", "lora", "qlora"], seeds=[1], lrs={"default": [1e-3], "full": [2e-4]},
-            pretrain={"s": 1500, "m": 1500, "l": 1500}),
+            pretrain={"s": 800, "m": 800, "l": 800}),  # the same ladder as standard_cpu (shared weights)
     }
 
 
@@ -116,9 +122,12 @@ class Cell:
     def rel_dir(self) -> str:
         return f"{self.task.name}/{self.model}-{self.size}/{self.method}/lr{self.lr:g}/seed{self.seed}"
 
-    def overrides(self, grid: Grid) -> list[str]:
+    def overrides(self, grid: Grid, shared: Path | None = None) -> list[str]:
+        own = []
+        if self.model == "gpt2_local" and self.size in grid.pretrain and shared is not None:
+            own = [f"model.sizes.{self.size}.local={pretrained_dir(grid, self.size, shared).resolve()}"]
         return [*grid.common, f"model={self.model}", f"model_size={self.size}", f"method={self.method}",
-                *self.task.overrides, f"optim.lr={self.lr}", f"seed={self.seed}"]
+                *self.task.overrides, *own, f"optim.lr={self.lr}", f"seed={self.seed}"]
 
 
 def available_methods(names: list[str]) -> tuple[list[str], list[str]]:
@@ -137,15 +146,37 @@ def available_methods(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cells(grid: Grid, methods: list[str]) -> Iterator[Cell]:
+    """Phase 1: every (task, model, size, method) at every lr of its grid, on the first seed."""
     for task in grid.tasks:
-        for (model, size), method in itertools.product(task.models, methods):
-            for lr, seed in itertools.product(grid.lr_grid(method), grid.seeds):
-                yield Cell(task, model, size, method, lr, seed)
+        own = [m for m in methods if task.methods is None or m in task.methods]
+        for (model, size), method in itertools.product(task.models, own):
+            for lr in grid.lr_grid(method):
+                yield Cell(task, model, size, method, lr, (task.seeds or grid.seeds)[0])
 
 
-def pretrain_overrides(grid: Grid, size: str) -> list[str]:
+def seed_cells(selection: list[dict[str, Any]], phase1: list[Cell], grid: Grid) -> Iterator[Cell]:
+    """Phase 2: the remaining seeds, at each group's selected lr only."""
+    best = {(r["task"], r["model"], r["size"], r["method"]): r["best_lr"] for r in selection}
+    seen = set()
+    for c in phase1:
+        lr = best.get(c.group)
+        if lr is None or c.group in seen:
+            continue
+        seen.add(c.group)
+        for seed in (c.task.seeds or grid.seeds)[1:]:
+            yield Cell(c.task, c.model, c.size, c.method, lr, seed)
+
+
+def pretrained_dir(grid: Grid, size: str, shared: Path) -> Path:
+    """Pretrained weights keyed by size and steps, so grids with the same ladder share them and a
+    quick edition's 40-step model never replaces a full edition's (nor the user's cache copy)."""
+    return shared / f"gpt2_local-{size}-{grid.pretrain[size]}steps"
+
+
+def pretrain_overrides(grid: Grid, size: str, shared: Path | None = None) -> list[str]:
+    own = [f"pretrain.out_dir={pretrained_dir(grid, size, shared).resolve()}"] if shared is not None else []
     return [*grid.common, "experiment=pretrain_gpt2_local", f"model_size={size}",
-            f"trainer.max_steps={grid.pretrain[size]}"]
+            f"trainer.max_steps={grid.pretrain[size]}", *own]
 
 
 def _run(overrides: list[str], out: Path) -> dict[str, Any]:
@@ -156,7 +187,8 @@ def _run(overrides: list[str], out: Path) -> dict[str, Any]:
 
 
 def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best lr per (task, model, size, method) by the mean selection metric over seeds."""
+    """Best lr per (task, model, size, method) by the selection metric (mean over the seeds run at
+    that lr: phase 1 runs the lr grid on the first seed only)."""
     from peftbench.report.collect import lower_is_better
 
     rows = []
@@ -191,16 +223,24 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
     methods, skipped = available_methods(grid.methods)
     t0 = time.time()
     pre: dict[str, dict[str, Any]] = {}
+    shared = root.parent / "pretrained"
     for size in grid.pretrain:
-        out = root / "pretrain" / f"gpt2_local-{size}"
-        rec = _run(pretrain_overrides(grid, size), out)
+        out = root.parent / "pretrain" / pretrained_dir(grid, size, shared).name
+        rec = _run(pretrain_overrides(grid, size, shared), out)
         pre[size] = {"dir": str(out), "status": rec["status"], "run_id": rec["run_id"], "metrics": rec.get("metrics")}
     records: dict[Cell, dict[str, Any]] = {}
-    for c in cells(grid, methods):
-        rec = _run(c.overrides(grid), root / "runs" / c.rel_dir())
+
+    def run_cell(c: Cell) -> None:
+        rec = _run(c.overrides(grid, shared), root / "runs" / c.rel_dir())
         records[c] = rec
         log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
                                                             if k in (c.task.select, c.task.report)})
+
+    phase1 = list(cells(grid, methods))
+    for c in phase1:
+        run_cell(c)
+    for c in list(seed_cells(select(grid, records), phase1, grid)):
+        run_cell(c)
     selection = select(grid, records)
     manifest = {
         "grid": grid.name, "command": command, "git_revision": _git_rev(),
@@ -209,6 +249,10 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         "versions": {m: getattr(__import__(m), "__version__", None)
                      for m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
         "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
+        "protocol": "lr grid on the first seed (selection metric), then the other seeds at the selected lr; "
+                    "the report shows the selected lr's runs (mean ± std over seeds)",
+        "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": list(t.methods or methods),
+                   "seeds": list(t.seeds or grid.seeds), "overrides": list(t.overrides)} for t in grid.tasks],
         "lr_grid": {m: grid.lr_grid(m) for m in methods},
         "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
                    "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
@@ -227,7 +271,36 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         build_report(dirs, report_dir)
         (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         (report_dir / "selection.md").write_text(selection_markdown(manifest))
+        (report_dir / "README.md").write_text(readme_markdown(manifest))
     return manifest
+
+
+def readme_markdown(m: dict[str, Any]) -> str:
+    """The report's front page: what ran, how it was selected, on what machine, how to regenerate."""
+    mc, v = m["machine"], m["versions"]
+    lines = [f"# Standard benchmark — grid `{m['grid']}`", "",
+             "Regenerate (from the repo root; a relaunch skips finished runs):", "", "```bash",
+             f"PEFTBENCH_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 {m['command']}", "```", "",
+             f"Git revision {m['git_revision']}; wall time {m['wall_s'] / 60:.1f} min; machine: {mc['cpu_count']} CPU(s) "
+             f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, no GPU.", "",
+             "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
+             f"Protocol: {m['protocol']}. Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
+             "| task | models | methods | seeds | budget and data (overrides) |", "|---|---|---|---|---|"]
+    for t in m["tasks"]:
+        lines.append(f"| {t['name']} | {', '.join(t['models'])} | {', '.join(t['methods'])} | "
+                     f"{', '.join(map(str, t['seeds']))} | `{' '.join(t['overrides'])}` |")
+    lines += ["", "Learning-rate grids: " + "; ".join(f"{k}: {', '.join(f'{x:g}' for x in lr)}"
+                                                    for k, lr in m["lr_grid"].items()), ""]
+    if m.get("pretrain"):
+        lines += ["gpt2_local ladder pretrained here from scratch (`experiment=pretrain_gpt2_local`): " +
+                  "; ".join(f"{k}: {p['status']}, val ppl {((p.get('metrics') or {}).get('val/ppl') or float('nan')):.1f}"
+                            for k, p in m["pretrain"].items()), ""]
+    bad = {k: s for k, s in m["statuses"].items() if s != "ok"}
+    lines += [f"Runs: {len(m['statuses'])} ({len(bad)} not ok{': ' + ', '.join(f'{k} {s}' for k, s in bad.items()) if bad else ''}).", "",
+              "Files: [report.md](report.md) (tables: mean ± std over seeds of the selected lr's runs; parameter "
+              "columns name their count type), [selection.md](selection.md) (every lr's selection score), "
+              "report.csv / report.tex / report.html, plots/, manifest.json (run ids, statuses).", ""]
+    return "\n".join(lines)
 
 
 def selection_markdown(m: dict[str, Any]) -> str:
@@ -243,11 +316,14 @@ def selection_markdown(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dry_run(grid: Grid) -> list[str]:
+def dry_run(grid: Grid, shared: Path | None = None) -> list[str]:
     methods, skipped = available_methods(grid.methods)
     out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
-    out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s))}" for s in grid.pretrain]
-    out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid))}" for c in cells(grid, methods)]
+    out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in grid.pretrain]
+    out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid, shared))}" for c in cells(grid, methods)]
+    extra = sum(len(t.models) * len([m for m in methods if t.methods is None or m in t.methods])
+                * (len(t.seeds or grid.seeds) - 1) for t in grid.tasks)
+    out.append(f"# then {extra} more runs: the other seeds at each group's selected lr")
     return out
 
 
@@ -261,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     grid = grids()["standard_quick" if a.quick else a.grid]
     if a.dry_run:
-        print("\n".join(dry_run(grid)))
+        print("\n".join(dry_run(grid, Path(a.out) / "pretrained")))
         return 0
     logging.basicConfig(level=logging.WARNING)
     cmd = "python -m peftbench.studies.suite " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -109,6 +109,19 @@ def text_cls_sft(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(spec, "causal_lm", 0, tok, method.load_kwargs(ctx), init_seed=int(cfg.model.get("init_seed", 0)))
     timings["load_model_s"] = time.perf_counter() - t
     base_names = pm.base_param_names(model)
+    val = raw["validation"]
+    n = min(len(val), int(tc.get("eval_limit") or len(val)))
+
+    def accuracy(m) -> dict[str, float]:
+        return generated_accuracy(m, tok, examples["validation"].columns["prompt"][:n], list(val.columns["label"][:n]),
+                                  label_names, bool(ds.get("use_chat_template", True)),
+                                  batch_size=int(cfg.data.eval_batch_size), max_new_tokens=int(tc.get("max_new_tokens", 8)))
+
+    zero_shot: dict[str, float] = {}
+    if tc.get("zero_shot", True):  # the base model prompted the same way: what fine-tuning adds
+        t = time.perf_counter()
+        zero_shot = {f"{k}_zero_shot": v for k, v in accuracy(model).items() if k != "val/n_generated"}
+        timings["zero_shot_s"] = time.perf_counter() - t
     model = method.apply(model, ctx)
     counts = pm.count_params(model, base_names)
     dm = TaskDataModule(sft_ds, cfg.paths.get("data_dir"), batch_size=int(cfg.data.batch_size),
@@ -129,13 +142,7 @@ def text_cls_sft(cfg: DictConfig) -> dict[str, Any]:
     for r in trainer.validate(lit, dataloaders=dm.val_dataloader(), verbose=False):
         metrics.update({f"{k}_sft" if k == "val/token_acc" else k: float(v) for k, v in r.items()})
     t = time.perf_counter()
-    val = raw["validation"]
-    n = min(len(val), int(tc.get("eval_limit") or len(val)))
-    metrics.update(generated_accuracy(lit.model, tok, examples["validation"].columns["prompt"][:n],
-                                      list(val.columns["label"][:n]), label_names,
-                                      bool(ds.get("use_chat_template", True)),
-                                      batch_size=int(cfg.data.eval_batch_size),
-                                      max_new_tokens=int(tc.get("max_new_tokens", 8))))
+    metrics.update(accuracy(lit.model), **zero_shot)
     timings["generate_s"] = time.perf_counter() - t
     return {
         "metrics": metrics, "params": {**counts, "delta_rank": None}, "memory": memcb.summary(), "timings": timings,
