@@ -295,3 +295,21 @@ def test_zip_split_across_packages_is_joined_once(tmp_path, monkeypatch):
     assert joined_zip_dir("pkg-part_*/input/m.zip.*", search=[str(site)]) == out  # cached, not re-extracted
     assert (out / "vocab.txt").stat().st_mtime_ns == mtime
     assert joined_zip_dir("nothing_*/m.zip.*", search=[str(site)]) is None
+
+
+def test_limits_apply_after_a_derived_validation_split(compose_run, data_dir):
+    """alpaca has one file: validation is its val_fraction tail whatever train_limit is, and val_limit caps it."""
+    from omegaconf import OmegaConf
+
+    from peftbench.data.examples import load_examples
+
+    def load(*ov):
+        cfg = compose_run("dataset=alpaca", *ov)
+        return load_examples(OmegaConf.to_container(cfg.dataset, resolve=True), str(data_dir))
+
+    full = load()
+    small = load("dataset.train_limit=50", "dataset.val_limit=8")
+    assert len(small["train"]) == 50 and len(small["validation"]) == 8
+    tail = set(full["validation"].columns["prompt"])
+    assert set(small["validation"].columns["prompt"]) <= tail  # never a training example
+    assert not set(small["train"].columns["prompt"]) & tail

@@ -6,7 +6,6 @@ that status, so a sweep records the failure and goes on (and a relaunch skips fi
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import sys
@@ -52,10 +51,15 @@ def env_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                             "cpu_count": os.cpu_count(), "hostname": platform.node()}
-    for mod in ("torch", "lightning", "transformers", "peft", "hydra", "datasets", "bitsandbytes"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    # package metadata, not imports: importing bitsandbytes alone pulls in torch inductor (seconds)
+    for mod, dist in (("torch", "torch"), ("lightning", "lightning"), ("transformers", "transformers"),
+                      ("peft", "peft"), ("hydra", "hydra-core"), ("datasets", "datasets"),
+                      ("bitsandbytes", "bitsandbytes")):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional packages
+            info[mod] = version(dist)
+        except PackageNotFoundError:  # optional packages
             info[mod] = None
     try:
         import torch

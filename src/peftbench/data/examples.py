@@ -116,8 +116,12 @@ def load_examples(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, Spli
 
         return load_mix(ds, data_dir)
     splits = [s for s in SPLITS if s in ((ds.get("local") or {}).get("files") or {})] or ["train", "validation"]
-    out = {s: load_split(ds, s, data_dir) for s in splits}
-    if "validation" not in out and ds.get("val_fraction"):
+    derive = ds.get("val_fraction") and "validation" not in ((ds.get("local") or {}).get("files") or {})
+    # a validation split cut from the train file: cut the whole file first, then apply the limits, so
+    # train_limit never shrinks the held-out tail and val_limit applies to it
+    src = {**ds, "train_limit": None} if derive else ds
+    out = {s: load_split(src, s, data_dir) for s in splits if not (derive and s == "validation")}
+    if derive and "validation" not in out:
         tr = out["train"]
         if "text" in tr.columns and len(tr) == 1:  # one document (plain text): split by characters
             text = tr.columns["text"][0]
@@ -127,6 +131,8 @@ def load_examples(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, Spli
         else:
             n = len(tr)
             cut = max(1, int(n * (1 - ds["val_fraction"])))
-            out["train"] = SplitExamples("train", tr.source, {k: v[:cut] for k, v in tr.columns.items()})
-            out["validation"] = SplitExamples("validation", tr.source, {k: v[cut:] for k, v in tr.columns.items()})
+            seed = int(ds.get("subset_seed", 0))
+            for name, lo, hi, limit in (("train", 0, cut, ds.get("train_limit")), ("validation", cut, n, ds.get("val_limit"))):
+                keep = [lo + i for i in _subset(hi - lo, limit, seed)]
+                out[name] = SplitExamples(name, tr.source, {k: [v[i] for i in keep] for k, v in tr.columns.items()})
     return out

@@ -220,6 +220,8 @@ def _git_rev() -> str | None:
 
 
 def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> dict[str, Any]:
+    from peftbench.train import env_info
+
     methods, skipped = available_methods(grid.methods)
     t0 = time.time()
     pre: dict[str, dict[str, Any]] = {}
@@ -246,8 +248,8 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         "grid": grid.name, "command": command, "git_revision": _git_rev(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor(), "cpu_count": __import__("os").cpu_count()},
-        "versions": {m: getattr(__import__(m), "__version__", None)
-                     for m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
+        "versions": {m: v for m, v in env_info().items()
+                     if m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
         "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
         "protocol": "lr grid on the first seed (selection metric), then the other seeds at the selected lr; "
                     "the report shows the selected lr's runs (mean ± std over seeds)",
