@@ -91,7 +91,7 @@ def test_suite_dry_run_lists_grid(capsys):
     g = grids()["standard_quick"]
     methods, skipped = available_methods(g.methods)
     assert methods and f"skipped: {skipped}" in lines[0]
-    expected = sum(len(t.models) * len(g.lr_grid(m)) for t in g.tasks for m in methods
+    expected = sum(len(t.models) * len(g.lr_grid(m, t)) for t in g.tasks for m in methods
                    if t.methods is None or m in t.methods)  # phase 1: the lr grid on the first seed
     assert len(runs) == expected
     assert any(x.startswith("pretrain gpt2_local-s") for x in lines)

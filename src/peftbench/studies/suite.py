@@ -46,6 +46,7 @@ class Task:
     models: tuple[tuple[str, str], ...]  # (model family, size)
     methods: tuple[str, ...] | None = None  # None: the grid's; fewer for a costly model
     seeds: tuple[int, ...] | None = None
+    lrs: dict[str, list[float]] | None = None  # None: the grid's lr grid
 
 
 @dataclass
@@ -58,35 +59,37 @@ class Grid:
     pretrain: dict[str, int] = field(default_factory=dict)  # gpt2_local size → pretraining steps
     common: tuple[str, ...] = ("logger=none", "trainer.enable_progress_bar=false")
 
-    def lr_grid(self, method: str) -> list[float]:
-        return self.lrs.get(method, self.lrs["default"])
+    def lr_grid(self, method: str, task: "Task | None" = None) -> list[float]:
+        lrs = task.lrs if task is not None and task.lrs else self.lrs
+        return lrs.get(method, lrs["default"])
 
 
 ALL_METHODS = ["full", "head_only", "bitfit", "lora", "ia3", "prefix_tuning", "houlsby"]
 LRS = {"default": [1e-3, 3e-3], "full": [5e-5, 2e-4], "head_only": [3e-3, 1e-2], "bitfit": [1e-3, 5e-3]}
-LM_BUDGET = ("dataset=wiki_demo", "trainer.max_steps=100", "data.batch_size=8", "dataset.val_limit=null")
+LM_BUDGET = ("dataset=wiki_demo", "trainer.max_steps=60", "data.batch_size=8")
+ONE_LR = {"default": [1e-3], "full": [5e-5], "bitfit": [1e-3]}  # costly models: one lr per method (stated)
 
 
 def grids() -> dict[str, Grid]:
     sst2 = lambda steps, n_sel: tuple(SST2_HELDOUT + [f"trainer.max_steps={steps}", "dataset.train_limit=3000",  # noqa: E731
                                                       f"dataset.val_limit={n_sel}", "data.batch_size=16"])
     return {
-        # ~60 min on 2 idle cores; costly models get fewer methods/seeds (stated in the report)
+        # ~60 min on 2 idle cores; costly models get fewer methods/seeds/lrs (stated in the report)
         "standard_cpu": Grid(
             "standard_cpu",
             tasks=[
-                Task("sst2", sst2(150, 1000), "val/acc", "test/acc", (("minilm", "l6"),)),
-                Task("sst2", sst2(100, 500), "val/acc", "test/acc", (("mpnet", "base"),),
-                     methods=("full", "bitfit", "lora"), seeds=(1,)),
-                Task("alpaca_sft", ("dataset=alpaca", "trainer.max_steps=20", "data.batch_size=4",
-                                    "dataset.max_length=128", "dataset.train_limit=200", "dataset.val_limit=32",
-                                    "forgetting.max_examples=16"),
-                     "val/loss", "val/ppl", (("llama", "smollm2_135m"),), methods=("full", "lora", "ia3"), seeds=(1,)),
+                Task("sst2", sst2(100, 500), "val/acc", "test/acc", (("minilm", "l6"),)),
+                Task("sst2", sst2(60, 500), "val/acc", "test/acc", (("mpnet", "base"),),
+                     methods=("full", "bitfit", "lora"), seeds=(1,), lrs=ONE_LR),
+                Task("alpaca_sft", ("dataset=alpaca", "trainer.max_steps=15", "data.batch_size=4",
+                                    "dataset.max_length=128", "dataset.val_limit=32", "forgetting.max_examples=16"),
+                     "val/loss", "val/ppl", (("llama", "smollm2_135m"),), methods=("full", "lora"), seeds=(1,),
+                     lrs=ONE_LR),
                 Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
                      (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l")),
-                     methods=("full", "bitfit", "lora", "ia3", "prefix_tuning", "houlsby")),
+                     methods=("full", "lora", "ia3", "houlsby")),
             ],
-            methods=ALL_METHODS, seeds=[1, 2], lrs=LRS, pretrain={"s": 800, "m": 800, "l": 800}),
+            methods=ALL_METHODS, seeds=[1, 2], lrs=LRS, pretrain={"s": 300, "m": 300, "l": 300}),
         "standard_quick": Grid(
             "standard_quick",
             tasks=[
@@ -102,7 +105,7 @@ def grids() -> dict[str, Grid]:
             tasks=[Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
                         (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l")))],
             methods=["full", "lora", "qlora"], seeds=[1], lrs={"default": [1e-3], "full": [2e-4]},
-            pretrain={"s": 800, "m": 800, "l": 800}),  # the same ladder as standard_cpu (shared weights)
+            pretrain={"s": 300, "m": 300, "l": 300}),  # the same ladder as standard_cpu (shared weights)
     }
 
 
@@ -150,7 +153,7 @@ def cells(grid: Grid, methods: list[str]) -> Iterator[Cell]:
     for task in grid.tasks:
         own = [m for m in methods if task.methods is None or m in task.methods]
         for (model, size), method in itertools.product(task.models, own):
-            for lr in grid.lr_grid(method):
+            for lr in grid.lr_grid(method, task):
                 yield Cell(task, model, size, method, lr, (task.seeds or grid.seeds)[0])
 
 
@@ -247,7 +250,8 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
     manifest = {
         "grid": grid.name, "command": command, "git_revision": _git_rev(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor(), "cpu_count": __import__("os").cpu_count()},
+                    "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
+                    "device": env_info().get("device")},
         "versions": {m: v for m, v in env_info().items()
                      if m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
         "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
@@ -256,6 +260,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": list(t.methods or methods),
                    "seeds": list(t.seeds or grid.seeds), "overrides": list(t.overrides)} for t in grid.tasks],
         "lr_grid": {m: grid.lr_grid(m) for m in methods},
+        "lr_grid_per_task": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.lrs for t in grid.tasks if t.lrs},
         "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
                    "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
         "pretrain": pre, "selection": selection,
@@ -284,7 +289,7 @@ def readme_markdown(m: dict[str, Any]) -> str:
              "Regenerate (from the repo root; a relaunch skips finished runs):", "", "```bash",
              f"PEFTBENCH_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 {m['command']}", "```", "",
              f"Git revision {m['git_revision']}; wall time {m['wall_s'] / 60:.1f} min; machine: {mc['cpu_count']} CPU(s) "
-             f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, no GPU.", "",
+             f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, device {mc.get('device', '?')}.", "",
              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
              f"Protocol: {m['protocol']}. Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
              "| task | models | methods | seeds | budget and data (overrides) |", "|---|---|---|---|---|"]
@@ -292,7 +297,11 @@ def readme_markdown(m: dict[str, Any]) -> str:
         lines.append(f"| {t['name']} | {', '.join(t['models'])} | {', '.join(t['methods'])} | "
                      f"{', '.join(map(str, t['seeds']))} | `{' '.join(t['overrides'])}` |")
     lines += ["", "Learning-rate grids: " + "; ".join(f"{k}: {', '.join(f'{x:g}' for x in lr)}"
-                                                    for k, lr in m["lr_grid"].items()), ""]
+                                                    for k, lr in m["lr_grid"].items())]
+    for t, lrs in (m.get("lr_grid_per_task") or {}).items():
+        lines.append(f"- {t}: one lr per method (cost): " + "; ".join(f"{k}: {', '.join(f'{x:g}' for x in v)}"
+                                                                      for k, v in lrs.items()))
+    lines.append("")
     if m.get("pretrain"):
         lines += ["gpt2_local ladder pretrained here from scratch (`experiment=pretrain_gpt2_local`): " +
                   "; ".join(f"{k}: {p['status']}, val ppl {((p.get('metrics') or {}).get('val/ppl') or float('nan')):.1f}"
