@@ -113,3 +113,23 @@ def test_suite_second_seeds_run_only_at_the_selected_lr():
     recs[Cell(t, "gpt2_local", "s", "lora", 1e-3, 1)]["status"] = "failed"
     recs[Cell(t, "gpt2_local", "s", "lora", 3e-3, 1)]["status"] = "failed"
     assert list(seed_cells(select(g, recs), list(recs), g)) == []  # nothing selected, nothing more to run
+
+
+def test_bleu_scores_the_synthetic_captions():
+    """Seven-word captions: identical → 1, one wrong word → between 0 and 1 (3-word captions scored 0)."""
+    from peftbench.studies.image_text import bleu
+
+    refs = ["a red circle in the top left", "a blue square in the bottom right"]
+    assert bleu(refs, refs) == pytest.approx(1.0)
+    assert 0.0 < bleu(["a red circle in the top right", "a blue square in the bottom right"], refs) < 1.0
+
+
+def test_shapes_captions_name_colour_shape_and_position(tmp_path):
+    import json
+
+    from peftbench.data.image_text import make_shapes_dataset
+
+    rows = json.loads((make_shapes_dataset(tmp_path / "s", n=8, size=16) / "annotations.json").read_text())
+    for r in rows:
+        w = r["text"].split()
+        assert len(w) == 7 and w[3:5] == ["in", "the"] and w[5] in ("top", "bottom") and w[6] in ("left", "right")

@@ -47,7 +47,8 @@ def read_annotations(folder: str | Path) -> list[tuple[Path, str]]:
 
 
 def make_shapes_dataset(out: str | Path, n: int = 96, seed: int = 0, size: int = 32) -> Path:
-    """``n`` images of one coloured shape on white, captioned "a <colour> <shape>"."""
+    """``n`` images of one coloured shape on white, captioned "a <colour> <shape> in the <top|bottom>
+    <left|right>" (seven words, so BLEU-4 has 4-grams, and the position must be read off the image)."""
     from PIL import Image, ImageDraw
 
     out = Path(out)
@@ -69,7 +70,8 @@ def make_shapes_dataset(out: str | Path, n: int = 96, seed: int = 0, size: int =
             d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLOURS[colour])
         name = f"images/{i:04d}.png"
         img.save(out / name)
-        rows.append({"image_path": name, "text": f"a {colour} {shape}"})
+        where = f"{'top' if cy < size / 2 else 'bottom'} {'left' if cx < size / 2 else 'right'}"
+        rows.append({"image_path": name, "text": f"a {colour} {shape} in the {where}"})
     (out / "annotations.json").write_text(json.dumps(rows, indent=1))
     return out
 

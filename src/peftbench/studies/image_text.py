@@ -71,7 +71,7 @@ def image_text(cfg: DictConfig) -> dict[str, Any]:
     ic = OmegaConf.to_container(cfg.image_text, resolve=True) if cfg.get("image_text") else {}
     folder = ic.get("data_dir")
     if not folder:  # the synthetic set, generated once into the cache
-        folder = Path(cfg.paths.cache_dir) / "image_text" / f"shapes-n{ic.get('n', 96)}-s{ic.get('image_size', 32)}"
+        folder = Path(cfg.paths.cache_dir) / "image_text" / f"shapes-v2-n{ic.get('n', 96)}-s{ic.get('image_size', 32)}"
         if not (folder / "annotations.json").exists():
             make_shapes_dataset(folder, int(ic.get("n", 96)), 0, int(ic.get("image_size", 32)))
     pairs = read_annotations(folder)  # refusals (missing file/row) before any model is built
