@@ -58,6 +58,9 @@ class Grid:
     lrs: dict[str, list[float]]  # per method; "default" for the rest
     pretrain: dict[str, int] = field(default_factory=dict)  # gpt2_local size → pretraining steps
     common: tuple[str, ...] = ("logger=none", "trainer.enable_progress_bar=false")
+    # run folders of another grid with identical cells (same task budgets, lr grid, seeds, ladder): a
+    # cell already finished there is skipped by its run id, not re-run
+    runs_from: str | None = None
 
     def lr_grid(self, method: str, task: "Task | None" = None) -> list[float]:
         lrs = task.lrs if task is not None and task.lrs else self.lrs
@@ -104,8 +107,9 @@ def grids() -> dict[str, Grid]:
             "gpt2_modes",
             tasks=[Task("wiki_lm", LM_BUDGET, "val/loss", "val/ppl",
                         (("gpt2_local", "s"), ("gpt2_local", "m"), ("gpt2_local", "l")))],
-            methods=["full", "lora", "qlora"], seeds=[1], lrs={"default": [1e-3], "full": [2e-4]},
-            pretrain={"s": 300, "m": 300, "l": 300}),  # the same ladder as standard_cpu (shared weights)
+            methods=["full", "lora", "qlora"], seeds=[1, 2], lrs=LRS,
+            pretrain={"s": 300, "m": 300, "l": 300},  # the same ladder as standard_cpu (shared weights)
+            runs_from="standard_cpu"),  # full/lora cells are standard_cpu's own runs: only qlora is new
     }
 
 
@@ -229,6 +233,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
     t0 = time.time()
     pre: dict[str, dict[str, Any]] = {}
     shared = root.parent / "pretrained"
+    runs = root.parent / (grid.runs_from or grid.name) / "runs"
     for size in grid.pretrain:
         out = root.parent / "pretrain" / pretrained_dir(grid, size, shared).name
         rec = _run(pretrain_overrides(grid, size, shared), out)
@@ -236,7 +241,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
     records: dict[Cell, dict[str, Any]] = {}
 
     def run_cell(c: Cell) -> None:
-        rec = _run(c.overrides(grid, shared), root / "runs" / c.rel_dir())
+        rec = _run(c.overrides(grid, shared), runs / c.rel_dir())
         records[c] = rec
         log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
                                                             if k in (c.task.select, c.task.report)})
@@ -264,6 +269,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
                    "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
         "pretrain": pre, "selection": selection,
+        "runs_dir": str(runs),
         "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
         "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
         "wall_s": round(time.time() - t0, 1),
@@ -272,7 +278,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
     if report_dir is not None:
         from peftbench.report import build_report
 
-        dirs = [root / "runs" / r for row in selection for r in row["selected_runs"]]
+        dirs = [runs / r for row in selection for r in row["selected_runs"]]
         dirs += [Path(p["dir"]) for p in pre.values()]
         report_dir.mkdir(parents=True, exist_ok=True)
         build_report(dirs, report_dir)
