@@ -18,6 +18,7 @@ Splits (stated in every report):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -349,10 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default="standard_cpu", choices=sorted(grids()))
     p.add_argument("--quick", action="store_true", help="the CI edition (= --grid standard_quick)")
     p.add_argument("--dry-run", action="store_true", help="print the grid (one line per run) and exit")
+    p.add_argument("--only", default=None,
+                   help="comma-separated task names: run just those (e.g. in a second process on a free core); "
+                        "a later run without --only skips every finished cell and writes the whole report")
     p.add_argument("--out", default="outputs/suite", help="run folders (default outputs/suite/<grid>)")
     p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); none: no report")
     a = p.parse_args(argv)
     grid = grids()["standard_quick" if a.quick else a.grid]
+    if a.only:
+        keep = set(a.only.split(","))
+        unknown = keep - {t.name for t in grid.tasks}
+        if unknown:
+            p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
+        grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
     if a.dry_run:
         print("\n".join(dry_run(grid, Path(a.out) / "pretrained")))
         return 0
