@@ -133,3 +133,12 @@ def test_shapes_captions_name_colour_shape_and_position(tmp_path):
     for r in rows:
         w = r["text"].split()
         assert len(w) == 7 and w[3:5] == ["in", "the"] and w[5] in ("top", "bottom") and w[6] in ("left", "right")
+
+
+def test_every_standard_cell_is_hashable():
+    """Cells key the run records: a task field that is a dict (a per-task lr grid) must not break that."""
+    from peftbench.studies.suite import cells, grids
+
+    g = grids()["standard_cpu"]
+    cs = list(cells(g, g.methods))
+    assert len({c: None for c in cs}) == len(cs)
