@@ -276,6 +276,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
         "wall_s": round(time.time() - t0, 1),
     }
+    root.mkdir(parents=True, exist_ok=True)  # a grid whose runs live in another grid's folder (runs_from)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     if report_dir is not None:
         from peftbench.report import build_report
