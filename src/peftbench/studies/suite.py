@@ -275,6 +275,7 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
         "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
         "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
         "wall_s": round(time.time() - t0, 1),
+        "runs_s": round(sum(float((r.get("timings") or {}).get("total_s") or 0) for r in records.values()), 1),
     }
     root.mkdir(parents=True, exist_ok=True)  # a grid whose runs live in another grid's folder (runs_from)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -297,7 +298,8 @@ def readme_markdown(m: dict[str, Any]) -> str:
     lines = [f"# Standard benchmark — grid `{m['grid']}`", "",
              "Regenerate (from the repo root; a relaunch skips finished runs):", "", "```bash",
              f"PEFTBENCH_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 {m['command']}", "```", "",
-             f"Git revision {m['git_revision']}; wall time {m['wall_s'] / 60:.1f} min; machine: {mc['cpu_count']} CPU(s) "
+             f"Git revision {m['git_revision']}; this invocation {m['wall_s'] / 60:.1f} min (finished runs are skipped); "
+             f"the runs' own time adds up to {m.get('runs_s', 0) / 60:.0f} min; machine: {mc['cpu_count']} CPU(s) "
              f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, device {mc.get('device', '?')}.", "",
              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
              f"Protocol: {m['protocol']}. Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
