@@ -121,7 +121,7 @@ def load_examples(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, Spli
     # train_limit never shrinks the held-out tail and val_limit applies to it
     src = {**ds, "train_limit": None} if derive else ds
     out = {s: load_split(src, s, data_dir) for s in splits if not (derive and s == "validation")}
-    if derive and "validation" not in out:
+    if derive:
         tr = out["train"]
         if "text" in tr.columns and len(tr) == 1:  # one document (plain text): split by characters
             text = tr.columns["text"][0]

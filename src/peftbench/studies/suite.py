@@ -50,6 +50,10 @@ class Task:
     # None: the grid's lr grid (not part of the hash: cells key the run records)
     lrs: dict[str, list[float]] | None = field(default=None, hash=False, compare=False)
 
+    def own_methods(self, methods: list[str]) -> list[str]:
+        """The grid's available methods this task runs."""
+        return [m for m in methods if self.methods is None or m in self.methods]
+
 
 @dataclass
 class Grid:
@@ -63,6 +67,9 @@ class Grid:
     # run folders of another grid with identical cells (same task budgets, lr grid, seeds, ladder): a
     # cell already finished there is skipped by its run id, not re-run
     runs_from: str | None = None
+
+    def seeds_of(self, task: Task) -> list[int]:
+        return list(task.seeds or self.seeds)
 
     def lr_grid(self, method: str, task: "Task | None" = None) -> list[float]:
         lrs = task.lrs if task is not None and task.lrs else self.lrs
@@ -157,10 +164,9 @@ def available_methods(names: list[str]) -> tuple[list[str], list[str]]:
 def cells(grid: Grid, methods: list[str]) -> Iterator[Cell]:
     """Phase 1: every (task, model, size, method) at every lr of its grid, on the first seed."""
     for task in grid.tasks:
-        own = [m for m in methods if task.methods is None or m in task.methods]
-        for (model, size), method in itertools.product(task.models, own):
+        for (model, size), method in itertools.product(task.models, task.own_methods(methods)):
             for lr in grid.lr_grid(method, task):
-                yield Cell(task, model, size, method, lr, (task.seeds or grid.seeds)[0])
+                yield Cell(task, model, size, method, lr, grid.seeds_of(task)[0])
 
 
 def seed_cells(selection: list[dict[str, Any]], phase1: list[Cell], grid: Grid) -> Iterator[Cell]:
@@ -172,7 +178,7 @@ def seed_cells(selection: list[dict[str, Any]], phase1: list[Cell], grid: Grid) 
         if lr is None or c.group in seen:
             continue
         seen.add(c.group)
-        for seed in (c.task.seeds or grid.seeds)[1:]:
+        for seed in grid.seeds_of(c.task)[1:]:
             yield Cell(c.task, c.model, c.size, c.method, lr, seed)
 
 
@@ -254,18 +260,19 @@ def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> d
     for c in list(seed_cells(select(grid, records), phase1, grid)):
         run_cell(c)
     selection = select(grid, records)
+    env = env_info()  # once: it imports torch and runs git
     manifest = {
         "grid": grid.name, "command": command, "git_revision": _git_rev(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
-                    "device": env_info().get("device")},
-        "versions": {m: v for m, v in env_info().items()
+                    "device": env.get("device")},
+        "versions": {m: v for m, v in env.items()
                      if m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
         "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
         "protocol": "lr grid on the first seed (selection metric), then the other seeds at the selected lr; "
                     "the report shows the selected lr's runs (mean ± std over seeds)",
-        "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": list(t.methods or methods),
-                   "seeds": list(t.seeds or grid.seeds), "overrides": list(t.overrides)} for t in grid.tasks],
+        "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": t.own_methods(methods),
+                   "seeds": grid.seeds_of(t), "overrides": list(t.overrides)} for t in grid.tasks],
         "lr_grid": {m: grid.lr_grid(m) for m in methods},
         "lr_grid_per_task": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.lrs for t in grid.tasks if t.lrs},
         "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
@@ -343,8 +350,7 @@ def dry_run(grid: Grid, shared: Path | None = None) -> list[str]:
     out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
     out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in grid.pretrain]
     out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid, shared))}" for c in cells(grid, methods)]
-    extra = sum(len(t.models) * len([m for m in methods if t.methods is None or m in t.methods])
-                * (len(t.seeds or grid.seeds) - 1) for t in grid.tasks)
+    extra = sum(len(t.models) * len(t.own_methods(methods)) * (len(grid.seeds_of(t)) - 1) for t in grid.tasks)
     out.append(f"# then {extra} more runs: the other seeds at each group's selected lr")
     return out
 
