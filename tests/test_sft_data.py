@@ -136,3 +136,23 @@ def test_bad_messages_refused():
           "local": {"dir": str(SFT), "files": {"train": "bad_messages.jsonl"}}, "val_fraction": 0.5}
     with pytest.raises(DataError, match=r"\[dataset.format\].*row 2: unknown role\(s\) \['bot'\]"):
         load_examples(ds, None)
+
+
+def test_tokenization_cache_is_reused_and_keyed_by_the_tokenizer(chat_tok, plain_tok, tmp_path):
+    """A repeated set-up opens the cached arrow file; a different tokenizer (template, added token)
+    never reads another's cache."""
+    from peftbench.data.tokenize import tokenizer_fingerprint
+
+    ds = {"name": "sft_alpaca", "task": "causal_lm", "format": "alpaca", "max_length": 128,
+          "local": {"dir": str(SFT), "files": {"train": "alpaca.json"}}, "val_fraction": 0.25}
+    first = tokenize_split(load_examples(ds, None)["train"], chat_tok, ds, tmp_path)
+    files = sorted(tmp_path.glob("*.arrow"))
+    again = tokenize_split(load_examples(ds, None)["train"], chat_tok, ds, tmp_path)
+    assert sorted(tmp_path.glob("*.arrow")) == files and again["input_ids"] == first["input_ids"]
+    assert tokenizer_fingerprint(plain_tok) != tokenizer_fingerprint(chat_tok)
+    grown = copy.deepcopy(chat_tok)
+    before = tokenizer_fingerprint(grown)
+    grown.add_tokens(["<pb_new_token>"])
+    assert tokenizer_fingerprint(grown) != before
+    tokenize_split(load_examples(ds, None)["train"], plain_tok, ds, tmp_path)
+    assert len(list(tmp_path.glob("*.arrow"))) == len(files) + 1

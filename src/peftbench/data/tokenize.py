@@ -18,10 +18,23 @@ DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
 def tokenizer_fingerprint(tok) -> str:
-    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
-    h = hashlib.sha1(json.dumps(sorted(vocab.items())[:2000] + [len(vocab)], default=str).encode())
+    """What the cache key knows of the tokenizer: its class, size, chat template, lower-casing, and
+    the tokens at ~2,000 ids spread over the whole vocabulary. Memoized on the tokenizer (a cached
+    run's whole data set-up is ~0.1 s; sorting a 30k vocabulary per split cost 0.07 s each)."""
+    n = len(tok)
+    memo = getattr(tok, "_peftbench_fingerprint", None)
+    if memo and memo[0] == (n, str(getattr(tok, "chat_template", ""))):  # added tokens/template: recompute
+        return memo[1]
+    ids = sorted({*range(0, n, max(1, n // 2000)), n - 1}) if n else []
+    h = hashlib.sha1(json.dumps([n, tok.convert_ids_to_tokens(ids), getattr(tok, "do_lower_case", None)],
+                                default=str).encode())
     h.update(str(getattr(tok, "chat_template", "")).encode())
-    return f"{type(tok).__name__}-{h.hexdigest()[:10]}"
+    fp = f"{type(tok).__name__}-{h.hexdigest()[:10]}"
+    try:
+        tok._peftbench_fingerprint = ((n, str(getattr(tok, "chat_template", ""))), fp)
+    except AttributeError:  # a tokenizer that refuses new attributes: recompute next time
+        pass
+    return fp
 
 
 def _cache_key(ex: SplitExamples, tok, ds: Mapping[str, Any]) -> str:
