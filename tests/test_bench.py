@@ -73,6 +73,7 @@ def test_summarize_pairs_ratios_per_round():
     assert row["thr_b_over_a"] == pytest.approx(1.0)  # median of 0.9, 1.0, 1.1
     assert row["thr_b_over_c"] == pytest.approx(1.1)  # median of 1.125, 0.833, 1.1
     assert row["mem_b_over_a"] == pytest.approx(1.0)
+    assert row["thr_b_over_a_range"] == pytest.approx([0.9, 1.1])  # the spread the report prints
     assert targets([row])["lora"] == "met"
 
 
@@ -118,3 +119,20 @@ def test_attn_implementation_reaches_the_model(compose_run):
     assert m.config._attn_implementation == "eager"
     m = load_model(plan.spec, plan.task, plan.num_labels, tok, attn_implementation="sdpa")
     assert m.config._attn_implementation == "sdpa"
+
+
+def test_train_loss_logged_on_logger_steps_only(compose_run, data_dir, tmp_path):
+    """``self.log`` only on the steps Lightning writes (every log_every_n_steps): the CSV holds
+    exactly those steps, as before the change, while the other steps skip the logging machinery."""
+    import csv
+
+    from peftbench.train import train
+    from tests.conftest import FAST
+
+    out = tmp_path / "run"
+    rec = train(compose_run("model=bert", "model_size=tiny", "method=lora", *FAST, "trainer.max_steps=6",
+                            "trainer.log_every_n_steps=2", "logger=csv", out=out))
+    assert rec["status"] == "ok", rec["error"]
+    rows = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == [1, 3, 5], rows

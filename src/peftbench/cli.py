@@ -65,7 +65,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     methods = [m for m in args.methods.split(",") if m]
     res = run_bench(methods, steps=args.steps, rounds=args.rounds, out=Path(args.out), extras=not args.no_extras,
-                    command="peftbench bench " + " ".join(sys.argv[2:]), log=lambda s: print(s, file=sys.stderr))
+                    command="peftbench bench " + " ".join(sys.argv[2:]), log=lambda s: print(s, file=sys.stderr),
+                    threads=args.threads)
     print(res["markdown"])
     print(f"wrote {Path(args.out) / 'overhead.md'}", file=sys.stderr)
     return 0
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--methods", default="full,lora,qlora,ia3,prefix_tuning,houlsby", help="comma list of methods")
     be.add_argument("--steps", type=int, default=20, help="optimizer steps per runner-round (2 warm-up excluded)")
     be.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ratios are medians over rounds)")
+    be.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads per process (0 = torch's default); 1 keeps the rounds comparable "
+                    "on a small shared machine")
     be.add_argument("--out", default="reports/bench-overhead", help="folder for overhead.md / overhead.json")
     be.add_argument("--no-extras", action="store_true", help="skip data-cache, --help start-up and first-step timings")
     be.set_defaults(fn=_bench)

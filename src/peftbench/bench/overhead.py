@@ -235,11 +235,14 @@ def data_setup_worker(cache: Path) -> dict[str, Any]:
 
 
 # ---- parent: interleave, aggregate, report ------------------------------------------------------
-def _child(args: list[str], timeout: float = 1800) -> dict[str, Any]:
+def _child(args: list[str], timeout: float = 1800, threads: int = 0) -> dict[str, Any]:
+    env = dict(os.environ)
+    if threads > 0:  # the OpenMP/MKL pools are sized at start-up: set them before the child imports torch
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory(prefix="pb-bench-") as tmp:
         res = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "peftbench.bench.overhead", *args, "--tmp", tmp, "--result", str(res)]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if p.returncode != 0 or not res.exists():
             tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
             return {"error": " | ".join(tail) or f"exit {p.returncode}"}
@@ -299,11 +302,13 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[st
         def med(runner: str, key: str) -> float | None:
             return _median([rr[runner].get(key) for rr in by_round.values() if runner in rr])
 
+        ba, bc = ratio("b", "a", "steps_per_s"), ratio("b", "c", "steps_per_s")
         rows.append({"method": m, "rounds": len(by_round),
+                     "thr_b_over_a_range": [min(ba), max(ba)] if ba else None,
+                     "thr_b_over_c_range": [min(bc), max(bc)] if bc else None,
                      "a_steps_per_s": med("a", "steps_per_s"), "b_steps_per_s": med("b", "steps_per_s"),
                      "c_steps_per_s": med("c", "steps_per_s"),
-                     "thr_b_over_a": _median(ratio("b", "a", "steps_per_s")),
-                     "thr_b_over_c": _median(ratio("b", "c", "steps_per_s")),
+                     "thr_b_over_a": _median(ba), "thr_b_over_c": _median(bc),
                      "mem_b_over_a": _median(ratio("b", "a", "peak_rss_mb")),
                      "a_peak_mb": med("a", "peak_rss_mb"), "b_peak_mb": med("b", "peak_rss_mb"),
                      "c_peak_mb": med("c", "peak_rss_mb"), "errors": errs})
@@ -336,6 +341,10 @@ def machine() -> dict[str, Any]:
             "loadavg": [round(x, 2) for x in load] if load else None}
 
 
+def _threads(n: int) -> str:
+    return "torch's default intra-op threads" if n <= 0 else f"{n} intra-op thread{'s' if n > 1 else ''} each"
+
+
 def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
     mc = meta["machine"]
     lines = ["# Framework overhead: peftbench vs hand-written loop vs HF Trainer", "",
@@ -347,14 +356,19 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
              f"Setup: BERT from config {BENCH_ARCH}, batch {meta['batch']} × {SEQ_LEN} tokens (synthetic, "
              f"seeded, identical in all runners), fp32, AdamW + linear schedule, {meta['steps']} steps "
              f"({WARMUP} warm-up steps excluded), {meta['rounds']} interleaved rounds (a b c a b c …), "
-             "one fresh process per runner-round; peak memory = that process's ru_maxrss.", "",
-             "| method | a steps/s | b steps/s | c steps/s | thr b/a | thr b/c | mem b/a | peak MiB a / b / c |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"one fresh process per runner-round, {_threads(meta.get('threads', 0))}; peak memory = that "
+             "process's ru_maxrss. Ratios are medians of the per-round (paired) ratios; the last column "
+             "gives their range over rounds (how far one round can be trusted).", "",
+             "| method | a steps/s | b steps/s | c steps/s | thr b/a | thr b/c | mem b/a | peak MiB a / b / c "
+             "| per-round b/a; b/c |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peaks = " / ".join(_fmt(r[f"{k}_peak_mb"], 0) for k in RUNNERS)
+        spread = "; ".join("—" if not rg else f"{rg[0]:.2f}–{rg[1]:.2f}"
+                           for rg in (r.get("thr_b_over_a_range"), r.get("thr_b_over_c_range")))
         lines.append(f"| {r['method']} | {_fmt(r['a_steps_per_s'], 2)} | {_fmt(r['b_steps_per_s'], 2)} | "
                      f"{_fmt(r['c_steps_per_s'], 2)} | {_fmt(r['thr_b_over_a'])} | {_fmt(r['thr_b_over_c'])} | "
-                     f"{_fmt(r['mem_b_over_a'])} | {peaks} |")
+                     f"{_fmt(r['mem_b_over_a'])} | {peaks} | {spread} |")
     errs = [f"- {r['method']}: {e}" for r in rows for e in r["errors"]]
     if errs:
         lines += ["", "Errors:", *errs]
@@ -383,8 +397,12 @@ def targets(rows: list[dict]) -> dict[str, str]:
 
 def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | None = None,
               batch: int = BATCH, extras: bool = True, command: str | None = None,
-              log=print) -> dict[str, Any]:
-    """Interleaved a b c rounds per method; writes ``overhead.md`` + ``overhead.json`` under ``out``."""
+              log=print, threads: int = 1) -> dict[str, Any]:
+    """Interleaved a b c rounds per method; writes ``overhead.md`` + ``overhead.json`` under ``out``.
+
+    ``threads``: intra-op threads of every child (0 = torch's default). One by default: with as many
+    threads as cores, any other process on the machine stalls every OpenMP barrier, and the per-round
+    spread on a 2-core VM was ±15–25 % (one thread: a few %), too wide to decide a 3 % target."""
     from peftbench.errors import ConfigError
     from peftbench.methods.registry import available_methods
 
@@ -393,13 +411,16 @@ def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | 
         raise ConfigError(f"unknown method(s) {unknown}; known: {available_methods()}", option="--methods")
     if steps < 2 or rounds < 1:
         raise ConfigError("need --steps ≥ 2 and --rounds ≥ 1", option="--steps")
+    if threads < 0:
+        raise ConfigError("--threads must be ≥ 0 (0 = torch's default)", option="--threads")
     meta: dict[str, Any] = {"command": command or "peftbench bench", "machine": machine(), "steps": steps,
-                            "rounds": rounds, "batch": batch}
+                            "rounds": rounds, "batch": batch, "threads": threads}
     results = []
     for rnd in range(rounds):
         for m in methods:
             for runner in RUNNERS:
-                r = _child(["--worker", runner, "--method", m, "--steps", str(steps), "--batch", str(batch)])
+                r = _child(["--worker", runner, "--method", m, "--steps", str(steps), "--batch", str(batch),
+                            "--threads", str(threads)], threads=threads)
                 r.update(round=rnd, runner=runner, method=m)
                 log(f"round {rnd + 1}/{rounds} {m:<14} {runner}: " +
                     (f"{r['steps_per_s']:.2f} steps/s, peak {r['peak_rss_mb']:.0f} MiB" if "error" not in r
@@ -410,8 +431,8 @@ def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | 
     extra: dict[str, Any] = {}
     if extras:
         with tempfile.TemporaryDirectory(prefix="pb-bench-cache-") as cache:
-            d1 = _child(["--data-setup", "--cache", cache])
-            d2 = _child(["--data-setup", "--cache", cache])
+            d1 = _child(["--data-setup", "--cache", cache], threads=threads)
+            d2 = _child(["--data-setup", "--cache", cache], threads=threads)
         if "error" not in d1 and "error" not in d2:
             extra["data setup (SST-2 train + validation, fresh process each) run 1 / run 2 s"] = \
                 f"{d1['setup_s']:.2f} / {d2['setup_s']:.3f} → ratio {d2['setup_s'] / d1['setup_s']:.3f} (target ≤ 0.1)"
@@ -443,12 +464,17 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--method")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--data-setup", action="store_true")
     p.add_argument("--cache")
     p.add_argument("--tmp", required=True)
     p.add_argument("--result", required=True)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.threads > 0:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if a.data_setup:
         res = data_setup_worker(Path(a.cache))
     else:
