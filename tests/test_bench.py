@@ -30,15 +30,17 @@ def test_help_starts_under_one_second(sub):
     assert min(times) < 1.0, times
 
 
-def test_bench_lora_two_steps_one_round(data_dir, tmp_path):
+def test_bench_lora_rotates_runners_in_one_process(data_dir, tmp_path):
     from peftbench.bench.overhead import run_bench
 
-    res = run_bench(["lora"], steps=2, rounds=1, out=tmp_path, extras=False, log=lambda s: None)
+    res = run_bench(["lora"], steps=3, rounds=2, out=tmp_path, extras=False, log=lambda s: None)
     (row,) = res["rows"]
     assert row["errors"] == []
     for k in ("thr_b_over_a", "thr_b_over_c", "mem_b_over_a"):
         assert row[k] is not None and 0.2 < row[k] < 5.0, (k, row[k])
-    assert [r["runner"] for r in res["results"]] == ["a", "b", "c"]  # interleaved a b c
+    segs = [(r["round"], r["runner"]) for r in res["results"] if r["kind"] == "segment"]
+    assert segs == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a")]  # order rotated per round
+    assert [r["runner"] for r in res["results"] if r["kind"] == "memory"] == ["a", "b", "c"]
     md = (tmp_path / "overhead.md").read_text()
     assert "| thr b/a | thr b/c | mem b/a |" in md and "\n| lora |" in md
     assert (tmp_path / "overhead.json").exists()
@@ -68,13 +70,20 @@ def test_summarize_pairs_ratios_per_round():
     res = []
     for rnd, (a, b, c) in enumerate([(10.0, 9.0, 8.0), (5.0, 5.0, 6.0), (4.0, 4.4, 4.0)]):
         for runner, v in zip("abc", (a, b, c)):
-            res.append({"round": rnd, "method": "lora", "runner": runner, "steps_per_s": v, "peak_rss_mb": 100.0})
+            res.append({"kind": "segment", "round": rnd, "method": "lora", "runner": runner, "steps_per_s": v})
+    for runner, mb in zip("abc", (100.0, 104.0, 150.0)):
+        res.append({"kind": "memory", "round": 0, "method": "lora", "runner": runner, "peak_rss_mb": mb,
+                    "steps_per_s": 1.0})  # a fresh process's rate is not paired with the segments'
     (row,) = summarize(res, ["lora"])
     assert row["thr_b_over_a"] == pytest.approx(1.0)  # median of 0.9, 1.0, 1.1
     assert row["thr_b_over_c"] == pytest.approx(1.1)  # median of 1.125, 0.833, 1.1
-    assert row["mem_b_over_a"] == pytest.approx(1.0)
-    assert row["thr_b_over_a_range"] == pytest.approx([0.9, 1.1])  # the spread the report prints
+    assert row["mem_b_over_a"] == pytest.approx(1.04)
+    assert row["thr_b_over_a_iqr"] == pytest.approx([0.9, 1.1])  # the spread the report prints
+    assert row["a_steps_per_s"] == pytest.approx(5.0)
     assert targets([row])["lora"] == "met"
+    res.append({"kind": "memory", "method": "lora", "runner": "b", "error": "killed"})
+    (row,) = summarize(res, ["lora"])
+    assert row["errors"] == ["b: killed"] and row["mem_b_over_a"] == pytest.approx(1.04)
 
 
 @pytest.mark.parametrize("overrides,option", [

@@ -66,7 +66,7 @@ def _bench(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     res = run_bench(methods, steps=args.steps, rounds=args.rounds, out=Path(args.out), extras=not args.no_extras,
                     command="peftbench bench " + " ".join(sys.argv[2:]), log=lambda s: print(s, file=sys.stderr),
-                    threads=args.threads)
+                    threads=args.threads, memory_rounds=args.memory_rounds, allocator=args.allocator)
     print(res["markdown"])
     print(f"wrote {Path(args.out) / 'overhead.md'}", file=sys.stderr)
     return 0
@@ -102,11 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=_export)
     be = sub.add_parser("bench", help="framework overhead: peftbench vs a hand-written loop vs HF Trainer (ratios)",
                         description="Runs (a) a hand-written PyTorch loop, (b) peftbench's Lightning path, (c) HF "
-                        "Trainer on the same model, tensors and steps, interleaved a b c per round, one fresh "
-                        "process each; writes a Markdown table of throughput b/a, b/c and peak memory b/a.")
+                        "Trainer on the same model, tensors and steps: throughput from short segments interleaved "
+                        "in one process per method (a b c, b c a, …), peak memory from one fresh process per "
+                        "runner; writes a Markdown table of throughput b/a, b/c and peak memory b/a.")
     be.add_argument("--methods", default="full,lora,qlora,ia3,prefix_tuning,houlsby", help="comma list of methods")
-    be.add_argument("--steps", type=int, default=20, help="optimizer steps per runner-round (2 warm-up excluded)")
-    be.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ratios are medians over rounds)")
+    be.add_argument("--steps", type=int, default=20, help="optimizer steps per segment (2 warm-up excluded)")
+    be.add_argument("--rounds", type=int, default=8,
+                    help="a b c rounds per method (throughput ratios: median over rounds, with quartiles)")
+    be.add_argument("--memory-rounds", type=int, default=1, help="fresh processes per runner for peak memory")
+    be.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                    help="keep: peftbench's perf.keep_freed_memory for all runners in the throughput process "
+                    "(the frameworks' own cost); default: glibc's dynamic thresholds for all (what page faults "
+                    "cost each path)")
     be.add_argument("--threads", type=int, default=1,
                     help="intra-op threads per process (0 = torch's default); 1 keeps the rounds comparable "
                     "on a small shared machine")

@@ -98,7 +98,7 @@ def make_trainer(cfg: DictConfig, lit: Any, train_loader: Any, out: Path, budget
     import lightning as L
 
     from peftbench import resume
-    from peftbench.callbacks import DivergenceCallback, FirstStepTimer
+    from peftbench.callbacks import DivergenceCallback, FirstStepTimer, KeepFreedMemory
     from peftbench.measure import memory as mem
     from peftbench.measure import throughput as tp
     from peftbench.progress import progress_callbacks
@@ -108,6 +108,8 @@ def make_trainer(cfg: DictConfig, lit: Any, train_loader: Any, out: Path, budget
     thr = tp.ThroughputCallback(warmup_steps=int(cfg.measure.warmup_steps))
     first = FirstStepTimer(t_start=t_start)
     callbacks = [memcb, thr, DivergenceCallback(every_n_steps=int(cfg.measure.finite_check_every)), first]
+    if OmegaConf.select(cfg, "perf.keep_freed_memory", default=False):
+        callbacks.insert(0, KeepFreedMemory())  # first: set before the memory callback resets its peak
     tkw = _trainer_kwargs(cfg)
     tkw.update(precision=budget.precision, accumulate_grad_batches=budget.accumulate_grad_batches)
     # rich bar on a terminal, plain periodic lines in CI / SLURM logs (see peftbench.progress)

@@ -6,6 +6,8 @@
 - ``model.attn_implementation: eager | sdpa | flash_attention_2`` → passed to ``from_pretrained``
   (flash_attention_2 needs CUDA and the flash-attn package: refused otherwise)
 - ``perf.compile: true`` → ``torch.compile(model)`` after the method is applied
+- ``perf.keep_freed_memory: true`` (default) → glibc keeps freed memory while fitting
+  (peftbench.allocator; a callback of every run, CPU and GPU alike)
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def check_knobs(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("perf.tf32=true needs a CUDA GPU (TF32 is an Ampere+ matmul mode); set perf.tf32=false",
                           option="perf.tf32")
     compile_ = _bool(cfg, "perf.compile")
+    _bool(cfg, "perf.keep_freed_memory")  # type-checked here, applied by run_text's KeepFreedMemory
     fused = _bool(cfg, "optim.fused")
     name = OmegaConf.select(cfg, "optim.name", default="adamw")
     if fused and name != "adamw":

@@ -9,12 +9,15 @@ batch, precision and number of steps:
       output and checkpoint callback that ``run_text`` gives every run;
   (c) ``transformers.Trainer`` — what a researcher would use instead.
 
-Every runner-round runs in a fresh subprocess, so one runner's memory peak (``ru_maxrss`` of
-that process) cannot contaminate another's, and rounds are interleaved (a b c a b c …) so a
-loaded machine slows all three alike; ratios are taken per round (paired) and their median is
-reported. Throughput counts optimizer steps from the end of step ``warmup`` to the end of the
-last step (timestamps taken at the end of each step, so data loading and every per-step hook
-of the framework are inside the measured span).
+Throughput: one process per method builds the model once and runs short segments of ``steps``
+optimizer steps, runner after runner, in rounds (a b c, then b c a, then c a b, …): neighbouring
+segments see the same machine, so a paired per-round ratio cancels the drift of a shared VM (whose
+speed wanders ±15–20 % over seconds, far more between processes), and the rotation cancels order
+effects. Each round's ratios b/a and b/c are paired; the report gives their median and quartiles.
+Timestamps are taken at the end of each step, so data loading and every per-step hook of the
+framework are inside the measured span (the first ``WARMUP`` steps of each segment — optimizer
+state allocation — are not). Peak memory: every runner in its own fresh process (``ru_maxrss`` of
+that process), so one runner's peak cannot contaminate another's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +48,16 @@ WARMUP = 2
 
 
 # ---- shared set-up (child process) -------------------------------------------------------------
-def bench_overrides(method: str, steps: int, batch: int = BATCH) -> list[str]:
+ALLOCATORS = ("keep", "default")
+
+
+def bench_overrides(method: str, steps: int, batch: int = BATCH, allocator: str = "keep") -> list[str]:
     """Hydra overrides for the bench model and run (data files are only read for labels/limits)."""
     arch = [f"model.sizes.tiny.arch.{k}={v}" for k, v in BENCH_ARCH.items()]
     return ["model=bert", "model_size=tiny", *arch, f"method={method}", "dataset=sst2", f"data.batch_size={batch}",
             f"trainer.max_steps={steps}", "dataset.train_limit=64", "dataset.val_limit=32",
-            "measure.inference_overhead=false", "measure.changed=false"]
+            "measure.inference_overhead=false", "measure.changed=false",
+            f"perf.keep_freed_memory={str(allocator == 'keep').lower()}"]
 
 
 def synthetic_rows(n: int, vocab: int, seq_len: int = SEQ_LEN, num_labels: int = 2, seed: int = 0) -> list[dict]:
@@ -77,7 +84,7 @@ class Setup:
     extra: dict = field(default_factory=dict)
 
 
-def build_setup(method: str, steps: int, out: Path, batch: int = BATCH) -> Setup:
+def build_setup(method: str, steps: int, out: Path, batch: int = BATCH, allocator: str = "keep") -> Setup:
     """The model exactly as run_text builds it: plan → tokenizer → load_model → method.apply."""
     import torch
 
@@ -86,7 +93,7 @@ def build_setup(method: str, steps: int, out: Path, batch: int = BATCH) -> Setup
     from peftbench.measure.memory import current_rss_mb
     from peftbench.models import load_model, load_tokenizer
 
-    cfg = compose(bench_overrides(method, steps, batch), output_dir=str(out))
+    cfg = compose(bench_overrides(method, steps, batch, allocator), output_dir=str(out))
     plan = make_plan(cfg)
     tok = load_tokenizer(plan.spec)
     model = load_model(plan.spec, plan.task, plan.num_labels, tok, plan.method.load_kwargs(plan.ctx),
@@ -166,7 +173,9 @@ def run_b(s: Setup) -> list[float]:
 
 
 def run_c(s: Setup) -> list[float]:
-    """(c) transformers.Trainer with the same optimizer, schedule and batch; no eval, no saving."""
+    """(c) transformers.Trainer with the same optimizer, schedule and batch; no eval, no saving, and no
+    gradient clipping (its default max_grad_norm=1.0 would add a norm over all gradients that (a)
+    and (b) do not compute)."""
     import transformers
 
     from peftbench.run_text import effective_optim
@@ -183,6 +192,7 @@ def run_c(s: Setup) -> list[float]:
         learning_rate=o["lr"], weight_decay=o.get("weight_decay", 0.0), adam_beta1=o["betas"][0],
         adam_beta2=o["betas"][1], adam_epsilon=o.get("eps", 1e-8), lr_scheduler_type="linear",
         warmup_steps=int(o.get("warmup_ratio", 0.0) * s.steps), optim="adamw_torch", logging_steps=25,
+        max_grad_norm=0.0,
         save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0,
         remove_unused_columns=False, disable_tqdm=True, seed=int(s.cfg.seed))
     trainer = transformers.Trainer(model=s.model, args=args, train_dataset=s.rows, callbacks=[_Stamp()])
@@ -190,19 +200,53 @@ def run_c(s: Setup) -> list[float]:
     return stamps
 
 
-def worker(runner: str, method: str, steps: int, out: Path, batch: int = BATCH) -> dict[str, Any]:
-    """One runner-round (run in a fresh process): steps/s after warm-up and this process's peak RSS."""
-    t0 = time.perf_counter()
-    s = build_setup(method, steps, out, batch)
-    setup_s = time.perf_counter() - t0
-    stamps = {"a": run_a, "b": run_b, "c": run_c}[runner](s)
+RUN = {"a": run_a, "b": run_b, "c": run_c}
+
+
+def _steps_per_s(stamps: list[float], steps: int, t0: float) -> float:
     if len(stamps) != steps:
-        raise RuntimeError(f"runner {runner} ran {len(stamps)} steps, expected {steps}")
+        raise RuntimeError(f"ran {len(stamps)} steps, expected {steps}")
     w = min(WARMUP, steps - 1)
-    span = stamps[-1] - stamps[w - 1] if w > 0 else stamps[-1] - t0
+    return (steps - w) / (stamps[-1] - stamps[w - 1] if w > 0 else stamps[-1] - t0)
+
+
+def worker(runner: str, method: str, steps: int, out: Path, batch: int = BATCH,
+           allocator: str = "keep") -> dict[str, Any]:
+    """One runner in a fresh process: its peak RSS (and, noisier, its steps/s after warm-up). Each
+    runner as a user would run it: (b) with peftbench's allocator setting, (a) and (c) glibc's."""
+    t0 = time.perf_counter()
+    s = build_setup(method, steps, out, batch, allocator)
+    setup_s = time.perf_counter() - t0
+    rate = _steps_per_s(RUN[runner](s), steps, t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"runner": runner, "method": method, "steps": steps, "steps_per_s": (steps - w) / span,
+    return {"kind": "memory", "runner": runner, "method": method, "steps": steps, "steps_per_s": rate,
             "peak_rss_mb": peak, "rss_before_train_mb": s.rss_before_mb, "setup_s": setup_s}
+
+
+def segments_worker(method: str, steps: int, rounds: int, out: Path, batch: int = BATCH,
+                    allocator: str = "keep") -> dict[str, Any]:
+    """All three runners in one process on one model: ``rounds`` rounds of a ``steps``-step segment
+    each, the order rotated every round (a b c, b c a, c a b, …).
+
+    The malloc setting is process-wide, so all three share it: ``keep`` applies peftbench's
+    ``perf.keep_freed_memory`` before the first segment (the ratio is then the frameworks' own
+    per-step cost), ``default`` leaves glibc's dynamic thresholds for all three (and turns the
+    setting off in (b)), which shows what the allocator alone costs each path."""
+    if allocator == "keep":
+        from peftbench import allocator as alloc
+
+        alloc.keep_freed_memory()
+    s = build_setup(method, steps, out / "setup", batch, allocator)
+    segs = []
+    for rnd in range(rounds):
+        for k in range(len(RUNNERS)):
+            runner = RUNNERS[(rnd + k) % len(RUNNERS)]
+            seg = replace(s, out=out / f"{rnd}{runner}")  # fresh dirs: (b) must not resume a checkpoint
+            seg.model.train()  # a runner may leave it in eval mode
+            t0 = time.perf_counter()
+            segs.append({"kind": "segment", "round": rnd, "runner": runner, "method": method, "steps": steps,
+                         "steps_per_s": _steps_per_s(RUN[runner](seg), steps, t0)})
+    return {"segments": segs}
 
 
 # ---- data set-up: cached tokenization -----------------------------------------------------------
@@ -285,33 +329,45 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def _quartiles(xs: list[float]) -> list[float] | None:
+    if not xs:
+        return None
+    if len(xs) < 4:
+        return [min(xs), max(xs)]
+    q = statistics.quantiles(xs, n=4)
+    return [q[0], q[2]]
+
+
 def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
-    """Per method: paired per-round ratios (b/a, b/c throughput; b/a peak memory), median over rounds."""
+    """Per method: the per-round (paired) throughput ratios b/a and b/c of the in-process segments,
+    their median and quartiles; peak memory b/a paired per fresh-process round, median."""
     rows = []
     for m in methods:
-        by_round: dict[int, dict[str, dict]] = {}
-        for r in results:
-            if r["method"] == m:
-                by_round.setdefault(r["round"], {})[r["runner"]] = r
-        errs = sorted({f"{k}: {v['error']}" for rr in by_round.values() for k, v in rr.items() if "error" in v})
+        mine = [r for r in results if r.get("method") == m]
+        errs = sorted({f"{r.get('runner', '')}: {r['error']}".lstrip(": ") for r in mine if "error" in r})
 
-        def ratio(x: str, y: str, key: str) -> list[float]:
-            return [rr[x][key] / rr[y][key] for rr in by_round.values()
-                    if x in rr and y in rr and key in rr[x] and key in rr[y]]
+        def by_round(kind: str) -> list[dict[str, dict]]:
+            rounds: dict[int, dict[str, dict]] = {}
+            for r in mine:
+                if r.get("kind") == kind and "error" not in r:
+                    rounds.setdefault(r["round"], {})[r["runner"]] = r
+            return list(rounds.values())
 
-        def med(runner: str, key: str) -> float | None:
-            return _median([rr[runner].get(key) for rr in by_round.values() if runner in rr])
+        seg, mem = by_round("segment"), by_round("memory")
 
-        ba, bc = ratio("b", "a", "steps_per_s"), ratio("b", "c", "steps_per_s")
-        rows.append({"method": m, "rounds": len(by_round),
-                     "thr_b_over_a_range": [min(ba), max(ba)] if ba else None,
-                     "thr_b_over_c_range": [min(bc), max(bc)] if bc else None,
-                     "a_steps_per_s": med("a", "steps_per_s"), "b_steps_per_s": med("b", "steps_per_s"),
-                     "c_steps_per_s": med("c", "steps_per_s"),
+        def ratio(rounds: list[dict[str, dict]], x: str, y: str, key: str) -> list[float]:
+            return [rr[x][key] / rr[y][key] for rr in rounds if x in rr and y in rr]
+
+        def med(rounds: list[dict[str, dict]], runner: str, key: str) -> float | None:
+            return _median([rr[runner][key] for rr in rounds if runner in rr])
+
+        ba, bc = ratio(seg, "b", "a", "steps_per_s"), ratio(seg, "b", "c", "steps_per_s")
+        rows.append({"method": m, "rounds": len(seg), "memory_rounds": len(mem),
+                     "thr_b_over_a_iqr": _quartiles(ba), "thr_b_over_c_iqr": _quartiles(bc),
+                     **{f"{k}_steps_per_s": med(seg, k, "steps_per_s") for k in RUNNERS},
                      "thr_b_over_a": _median(ba), "thr_b_over_c": _median(bc),
-                     "mem_b_over_a": _median(ratio("b", "a", "peak_rss_mb")),
-                     "a_peak_mb": med("a", "peak_rss_mb"), "b_peak_mb": med("b", "peak_rss_mb"),
-                     "c_peak_mb": med("c", "peak_rss_mb"), "errors": errs})
+                     "mem_b_over_a": _median(ratio(mem, "b", "a", "peak_rss_mb")),
+                     **{f"{k}_peak_mb": med(mem, k, "peak_rss_mb") for k in RUNNERS}, "errors": errs})
     return rows
 
 
@@ -345,27 +401,39 @@ def _threads(n: int) -> str:
     return "torch's default intra-op threads" if n <= 0 else f"{n} intra-op thread{'s' if n > 1 else ''} each"
 
 
+def _allocator_line(allocator: str) -> str:
+    if allocator == "keep":
+        return ("Allocator: in the throughput process, peftbench's `perf.keep_freed_memory` (glibc malloc keeps "
+                "freed memory: no per-step page faults) is set once for all three runners, so the ratios are the "
+                "frameworks' own per-step cost; in the memory processes (b) runs with it, (a) and (c) with "
+                "glibc's defaults, as each would run for a user.")
+    return ("Allocator: glibc's default dynamic malloc thresholds for all three runners "
+            "(`perf.keep_freed_memory=false` in (b)): each path pays the page faults its allocation order causes.")
+
+
 def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
     mc = meta["machine"]
     lines = ["# Framework overhead: peftbench vs hand-written loop vs HF Trainer", "",
              f"Command: `{meta['command']}`", "",
              f"Machine: {mc['nproc']} CPU(s), {mc['cpu']}, Python {mc['python']}; load average at start "
-             f"{mc['loadavg']} (a shared, loaded machine: absolute rates are noisy, the paired per-round "
+             f"{mc['loadavg']} (a shared VM: absolute rates wander by ±15–20 %, the paired per-round "
              f"ratios are what to read).", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in mc["versions"].items()), "",
              f"Setup: BERT from config {BENCH_ARCH}, batch {meta['batch']} × {SEQ_LEN} tokens (synthetic, "
-             f"seeded, identical in all runners), fp32, AdamW + linear schedule, {meta['steps']} steps "
-             f"({WARMUP} warm-up steps excluded), {meta['rounds']} interleaved rounds (a b c a b c …), "
-             f"one fresh process per runner-round, {_threads(meta.get('threads', 0))}; peak memory = that "
-             "process's ru_maxrss. Ratios are medians of the per-round (paired) ratios; the last column "
-             "gives their range over rounds (how far one round can be trusted).", "",
+             f"seeded, identical in all runners), fp32, AdamW + linear schedule, no gradient clipping, "
+             f"{_threads(meta.get('threads', 0))}.", "", _allocator_line(meta.get("allocator", "keep")), "",
+             f"Throughput: one process per method, one model, {meta['rounds']} rounds of a {meta['steps']}-step "
+             f"segment per runner, the order rotated each round (a b c, b c a, c a b, …); steps/s from the end "
+             f"of step {WARMUP} to the end of the last step. Ratios: median of the per-round (paired) ratios, "
+             "then their quartiles (how far one round can be trusted). Peak memory: each runner in its own "
+             f"fresh process ({meta['memory_rounds']} round(s), ru_maxrss), ratio b/a paired per round.", "",
              "| method | a steps/s | b steps/s | c steps/s | thr b/a | thr b/c | mem b/a | peak MiB a / b / c "
-             "| per-round b/a; b/c |",
+             "| quartiles b/a; b/c |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peaks = " / ".join(_fmt(r[f"{k}_peak_mb"], 0) for k in RUNNERS)
         spread = "; ".join("—" if not rg else f"{rg[0]:.2f}–{rg[1]:.2f}"
-                           for rg in (r.get("thr_b_over_a_range"), r.get("thr_b_over_c_range")))
+                           for rg in (r.get("thr_b_over_a_iqr"), r.get("thr_b_over_c_iqr")))
         lines.append(f"| {r['method']} | {_fmt(r['a_steps_per_s'], 2)} | {_fmt(r['b_steps_per_s'], 2)} | "
                      f"{_fmt(r['c_steps_per_s'], 2)} | {_fmt(r['thr_b_over_a'])} | {_fmt(r['thr_b_over_c'])} | "
                      f"{_fmt(r['mem_b_over_a'])} | {peaks} | {spread} |")
@@ -395,10 +463,11 @@ def targets(rows: list[dict]) -> dict[str, str]:
     return out
 
 
-def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | None = None,
+def run_bench(methods: list[str], steps: int = 20, rounds: int = 8, out: Path | None = None,
               batch: int = BATCH, extras: bool = True, command: str | None = None,
-              log=print, threads: int = 1) -> dict[str, Any]:
-    """Interleaved a b c rounds per method; writes ``overhead.md`` + ``overhead.json`` under ``out``.
+              log=print, threads: int = 1, memory_rounds: int = 1, allocator: str = "keep") -> dict[str, Any]:
+    """Per method: ``rounds`` in-process a b c rounds (throughput) and ``memory_rounds`` fresh-process
+    runs per runner (peak memory); writes ``overhead.md`` + ``overhead.json`` under ``out``.
 
     ``threads``: intra-op threads of every child (0 = torch's default). One by default: with as many
     threads as cores, any other process on the machine stalls every OpenMP barrier, and the per-round
@@ -409,22 +478,32 @@ def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | 
     unknown = [m for m in methods if m not in available_methods()]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; known: {available_methods()}", option="--methods")
-    if steps < 2 or rounds < 1:
-        raise ConfigError("need --steps ≥ 2 and --rounds ≥ 1", option="--steps")
+    if steps < 2 or rounds < 1 or memory_rounds < 1:
+        raise ConfigError("need --steps ≥ 2, --rounds ≥ 1 and --memory-rounds ≥ 1", option="--steps")
     if threads < 0:
         raise ConfigError("--threads must be ≥ 0 (0 = torch's default)", option="--threads")
+    if allocator not in ALLOCATORS:
+        raise ConfigError(f"--allocator must be one of {list(ALLOCATORS)}", option="--allocator")
     meta: dict[str, Any] = {"command": command or "peftbench bench", "machine": machine(), "steps": steps,
-                            "rounds": rounds, "batch": batch, "threads": threads}
-    results = []
-    for rnd in range(rounds):
-        for m in methods:
-            for runner in RUNNERS:
-                r = _child(["--worker", runner, "--method", m, "--steps", str(steps), "--batch", str(batch),
-                            "--threads", str(threads)], threads=threads)
-                r.update(round=rnd, runner=runner, method=m)
-                log(f"round {rnd + 1}/{rounds} {m:<14} {runner}: " +
-                    (f"{r['steps_per_s']:.2f} steps/s, peak {r['peak_rss_mb']:.0f} MiB" if "error" not in r
-                     else f"error {r['error']}"))
+                            "rounds": rounds, "memory_rounds": memory_rounds, "batch": batch, "threads": threads,
+                            "allocator": allocator}
+    results: list[dict[str, Any]] = []
+    base = ["--method", "", "--steps", str(steps), "--batch", str(batch), "--threads", str(threads),
+            "--allocator", allocator]
+    for m in methods:
+        base[1] = m
+        r = _child(["--segments", "--rounds", str(rounds), *base], timeout=1800 * rounds, threads=threads)
+        segs = r.get("segments") or [{"kind": "segment", "method": m, "error": r.get("error", "no segments")}]
+        results += segs
+        for x in RUNNERS:
+            rates = [f"{g['steps_per_s']:.2f}" for g in segs if g.get("runner") == x]
+            log(f"{m:<14} {x} steps/s by round: " + (" ".join(rates) or f"error {segs[0].get('error')}"))
+        for rnd in range(memory_rounds):
+            for x in RUNNERS:
+                r = _child(["--worker", x, *base], threads=threads)
+                r.update(kind="memory", round=rnd, runner=x, method=m)
+                log(f"{m:<14} {x} fresh process {rnd + 1}/{memory_rounds}: " +
+                    (f"peak {r['peak_rss_mb']:.0f} MiB" if "error" not in r else f"error {r['error']}"))
                 results.append(r)
     rows = summarize(results, methods)
     meta["targets"] = targets(rows)
@@ -456,7 +535,8 @@ def run_bench(methods: list[str], steps: int = 20, rounds: int = 3, out: Path | 
 
 
 def _main(argv: list[str] | None = None) -> None:
-    """Child-process entry: ``--worker RUNNER --method M`` or ``--data-setup --cache DIR``."""
+    """Child-process entry: ``--worker RUNNER --method M``, ``--segments --method M --rounds N`` or
+    ``--data-setup --cache DIR``."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m peftbench.bench.overhead")
@@ -465,8 +545,11 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--segments", action="store_true")
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--data-setup", action="store_true")
     p.add_argument("--cache")
+    p.add_argument("--allocator", choices=ALLOCATORS, default="keep")
     p.add_argument("--tmp", required=True)
     p.add_argument("--result", required=True)
     a = p.parse_args(argv)
@@ -477,8 +560,10 @@ def _main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     if a.data_setup:
         res = data_setup_worker(Path(a.cache))
+    elif a.segments:
+        res = segments_worker(a.method, a.steps, a.rounds, Path(a.tmp), a.batch, a.allocator)
     else:
-        res = worker(a.worker, a.method, a.steps, Path(a.tmp), a.batch)
+        res = worker(a.worker, a.method, a.steps, Path(a.tmp), a.batch, a.allocator)
     Path(a.result).write_text(json.dumps(res))
 
 

@@ -47,7 +47,7 @@ class PeftLitModule(L.LightningModule):
 
     # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        loss, _, _ = self.task.step(self.model, batch)
+        loss = self.task.loss(self.model, batch)
         if self._logs_this_step():
             # without sync_dist: no cross-rank sync. prog_bar only when a bar is drawn: Lightning turns
             # progress-bar metrics into Python floats (.item(), a device sync) on every step it sees them.
@@ -65,6 +65,11 @@ class PeftLitModule(L.LightningModule):
             return True
         n = self.trainer.log_every_n_steps
         return n > 0 and (self.global_step + 1) % n == 0
+
+    def on_train_end(self) -> None:
+        # Lightning zeroes gradients at the start of a step, so the last step's stay allocated through
+        # evaluation (for full fine-tuning, one more copy of the model): free them here.
+        self.model.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.step_hook is not None:

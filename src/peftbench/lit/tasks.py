@@ -17,6 +17,11 @@ class Task(nn.Module):
         """Returns (loss, preds, target) — preds/target feed the metrics."""
         raise NotImplementedError
 
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss alone: no predictions (an argmax over a causal LM's vocabulary every
+        step would cost more than many adapters' whole update)."""
+        return model(**batch).loss
+
 
 class Classification(Task):
     name = "classification"

@@ -33,6 +33,20 @@ def _bitsandbytes_available() -> bool:
     return True
 
 
+def keep_plain_layout_where_cpu_repack_fails(model: nn.Module) -> None:
+    """On AVX512-BF16 CPUs bitsandbytes (≥ 0.49) repacks a 4-bit weight at its first no-grad eval
+    forward; the repack assumes out_features % 32 == 0 and in_features % blocksize == 0 and raises
+    ("shape '[32, 0]' is invalid") on smaller layers, e.g. a tiny test model's. Those layers keep
+    the plain layout (same numbers, bitsandbytes' generic CPU kernel)."""
+    for mod in model.modules():
+        state = getattr(getattr(mod, "weight", None), "quant_state", None)
+        if state is None or not getattr(mod, "support_avx512bf16_for_cpu", False):
+            continue
+        out_f, in_f = state.shape[0], state.shape[-1]
+        if out_f % 32 or in_f % state.blocksize:
+            mod.support_avx512bf16_for_cpu = False
+
+
 @register_method("qlora")
 @dataclass
 class QLoRA(LoRA):
@@ -80,6 +94,10 @@ class QLoRA(LoRA):
             bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=self.compute_dtype(), **extra,
         )}
 
+    def load(self, base: nn.Module, in_dir, ctx: ApplyContext) -> nn.Module:
+        keep_plain_layout_where_cpu_repack_fails(base)
+        return super().load(base, in_dir, ctx)
+
     def peft_config(self, ctx: ApplyContext) -> Any:
         cfg = super().peft_config(ctx)
         if self.target_modules == "all_linear" and "all_linear" not in ctx.targets:
@@ -91,6 +109,7 @@ class QLoRA(LoRA):
 
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.use_gradient_checkpointing)
+            keep_plain_layout_where_cpu_repack_fails(model)
         # An unquantised model (e.g. `peftbench params` on a from-config tiny model) gets plain LoRA:
         # counts of trainable scalars are the same; the 4-bit storage needs a from_pretrained load.
         return super().apply(model, ctx)
