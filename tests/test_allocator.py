@@ -79,7 +79,7 @@ def test_release_returns_free_memory_to_the_kernel():
 
 def test_knob_is_a_callback_of_every_run_and_can_be_turned_off(tmp_path):
     from peftbench.bench.knobs import check_knobs
-    from peftbench.bench.overhead import _loader, bench_overrides, build_setup
+    from peftbench.bench.overhead import bench_overrides, build_setup, lightning_path
     from peftbench.callbacks import KeepFreedMemory
     from peftbench.compose import compose
     from peftbench.errors import ConfigError
@@ -87,16 +87,8 @@ def test_knob_is_a_callback_of_every_run_and_can_be_turned_off(tmp_path):
     with pytest.raises(ConfigError, match="perf.keep_freed_memory"):
         check_knobs(compose([*bench_overrides("lora", 2), "perf.keep_freed_memory=maybe"],
                             output_dir=str(tmp_path)))
-    from peftbench.budget import plan_budget
-    from peftbench.lit import PeftLitModule
-    from peftbench.lit.tasks import make_task
-    from peftbench.run_text import effective_optim, make_strategy, make_trainer
-
     for mode, expected in (("keep", True), ("default", False)):
-        s = build_setup("lora", 2, tmp_path / mode, allocator=mode)
-        lit = PeftLitModule(s.model, make_task(s.plan.task, s.plan.num_labels), effective_optim(s.cfg))
-        parts = make_trainer(s.cfg, lit, _loader(s), s.out, plan_budget(s.cfg),
-                             make_strategy(s.cfg, s.plan.method), [], t_start=0.0)
+        _, parts = lightning_path(build_setup("lora", 2, tmp_path / mode, allocator=mode))
         cbs = parts.trainer.callbacks
         assert any(isinstance(c, KeepFreedMemory) for c in cbs) is expected
         if expected:  # before the memory callback resets its peak

@@ -17,6 +17,7 @@ import ctypes
 import platform
 from functools import lru_cache
 
+MODES = ("keep", "default")  # perf.keep_freed_memory on / glibc's defaults (`peftbench bench --allocator`)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)

@@ -7,6 +7,7 @@ import time
 import lightning as L
 import torch
 
+from peftbench import allocator
 from peftbench.failures import Diverged
 
 
@@ -44,23 +45,17 @@ class KeepFreedMemory(L.Callback):
         self.applied = False
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        from peftbench import allocator
-
         allocator.release()  # what set-up freed goes back first: the peak counts from a clean start
         self.applied = allocator.keep_freed_memory()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # serialising allocates big buffers: hand the free holes back first, or the save grows the
-        # heap past them and the run's peak RSS with it (+40 MiB on the bench's full fine-tuning)
+        # heap past them and the run's peak RSS with it (tens of MiB on full fine-tuning)
         if self.applied:
-            from peftbench import allocator
-
             allocator.release()
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.applied:
-            from peftbench import allocator
-
             allocator.release()
             self.applied = False
 

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--merge", action="store_true", help="fold the update into the base and save a plain HF model")
     ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     ex.set_defaults(fn=_export)
+
+    from peftbench.allocator import MODES  # ctypes + platform only: --help stays fast
+
     be = sub.add_parser("bench", help="framework overhead: peftbench vs a hand-written loop vs HF Trainer (ratios)",
                         description="Runs (a) a hand-written PyTorch loop, (b) peftbench's Lightning path, (c) HF "
                         "Trainer on the same model, tensors and steps: throughput from short segments interleaved "
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--rounds", type=int, default=8,
                     help="a b c rounds per method (throughput ratios: median over rounds, with quartiles)")
     be.add_argument("--memory-rounds", type=int, default=1, help="fresh processes per runner for peak memory")
-    be.add_argument("--allocator", choices=("keep", "default"), default="keep",
+    be.add_argument("--allocator", choices=MODES, default="keep",
                     help="keep: peftbench's perf.keep_freed_memory for all runners in the throughput process "
                     "(the frameworks' own cost); default: glibc's dynamic thresholds for all (what page faults "
                     "cost each path)")

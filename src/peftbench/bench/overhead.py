@@ -11,8 +11,8 @@ batch, precision and number of steps:
 
 Throughput: one process per method builds the model once and runs short segments of ``steps``
 optimizer steps, runner after runner, in rounds (a b c, then b c a, then c a b, …): neighbouring
-segments see the same machine, so a paired per-round ratio cancels the drift of a shared VM (whose
-speed wanders ±15–20 % over seconds, far more between processes), and the rotation cancels order
+segments see the same machine, so a paired per-round ratio cancels the drift of a shared VM (more
+between processes a minute apart than between neighbouring segments), and the rotation cancels order
 effects. Each round's ratios b/a and b/c are paired; the report gives their median and quartiles.
 Timestamps are taken at the end of each step, so data loading and every per-step hook of the
 framework are inside the measured span (the first ``WARMUP`` steps of each segment — optimizer
@@ -36,6 +36,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from peftbench.allocator import MODES as ALLOCATORS
+from peftbench.allocator import keep_freed_memory  # ctypes + platform only
+
 RUNNERS = ("a", "b", "c")
 RUNNER_NAMES = {"a": "hand-written PyTorch loop", "b": "peftbench (Lightning)", "c": "HF Trainer"}
 DEFAULT_METHODS = ("full", "lora", "qlora", "ia3", "prefix_tuning", "houlsby")
@@ -48,9 +51,6 @@ WARMUP = 2
 
 
 # ---- shared set-up (child process) -------------------------------------------------------------
-ALLOCATORS = ("keep", "default")
-
-
 def bench_overrides(method: str, steps: int, batch: int = BATCH, allocator: str = "keep") -> list[str]:
     """Hydra overrides for the bench model and run (data files are only read for labels/limits)."""
     arch = [f"model.sizes.tiny.arch.{k}={v}" for k, v in BENCH_ARCH.items()]
@@ -148,26 +148,32 @@ def run_a(s: Setup) -> list[float]:
     return stamps
 
 
-def run_b(s: Setup) -> list[float]:
-    """(b) peftbench: the module and ``run_text.make_trainer`` — the very Trainer every run gets."""
-    import lightning as L
-
+def lightning_path(s: Setup, extra_callbacks: tuple = ()) -> tuple[Any, Any]:
+    """(b)'s LightningModule and ``run_text.make_trainer`` parts — the very Trainer every run gets."""
     from peftbench.budget import plan_budget
     from peftbench.lit import PeftLitModule
     from peftbench.lit.tasks import make_task
     from peftbench.run_text import effective_optim, make_loggers, make_strategy, make_trainer
 
     cfg, plan = s.cfg, s.plan
+    lit = PeftLitModule(s.model, make_task(plan.task, plan.num_labels), effective_optim(cfg),
+                        step_hook=getattr(plan.method, "on_train_step_end", None))
+    parts = make_trainer(cfg, lit, _loader(s), s.out, plan_budget(cfg), make_strategy(cfg, plan.method),
+                         make_loggers(cfg, s.out), t_start=time.perf_counter(), extra_callbacks=extra_callbacks)
+    return lit, parts
+
+
+def run_b(s: Setup) -> list[float]:
+    """(b) peftbench: ``lightning_path``, fitted."""
+    import lightning as L
+
     stamps: list[float] = []
 
     class _Stamp(L.Callback):  # last callback: the stamp follows every hook of the step
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             stamps.append(time.perf_counter())
 
-    lit = PeftLitModule(s.model, make_task(plan.task, plan.num_labels), effective_optim(cfg),
-                        step_hook=getattr(plan.method, "on_train_step_end", None))
-    parts = make_trainer(cfg, lit, _loader(s), s.out, plan_budget(cfg), make_strategy(cfg, plan.method),
-                         make_loggers(cfg, s.out), t_start=time.perf_counter(), extra_callbacks=(_Stamp(),))
+    lit, parts = lightning_path(s, (_Stamp(),))
     parts.trainer.fit(lit, train_dataloaders=parts.train_loader, ckpt_path=parts.ckpt_path)
     return stamps
 
@@ -233,9 +239,7 @@ def segments_worker(method: str, steps: int, rounds: int, out: Path, batch: int 
     per-step cost), ``default`` leaves glibc's dynamic thresholds for all three (and turns the
     setting off in (b)), which shows what the allocator alone costs each path."""
     if allocator == "keep":
-        from peftbench import allocator as alloc
-
-        alloc.keep_freed_memory()
+        keep_freed_memory()
     s = build_setup(method, steps, out / "setup", batch, allocator)
     segs = []
     for rnd in range(rounds):
@@ -416,7 +420,7 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
     lines = ["# Framework overhead: peftbench vs hand-written loop vs HF Trainer", "",
              f"Command: `{meta['command']}`", "",
              f"Machine: {mc['nproc']} CPU(s), {mc['cpu']}, Python {mc['python']}; load average at start "
-             f"{mc['loadavg']} (a shared VM: absolute rates wander by ±15–20 %, the paired per-round "
+             f"{mc['loadavg']} (a shared VM: absolute rates drift between runs; the paired per-round "
              f"ratios are what to read).", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in mc["versions"].items()), "",
              f"Setup: BERT from config {BENCH_ARCH}, batch {meta['batch']} × {SEQ_LEN} tokens (synthetic, "
@@ -488,10 +492,9 @@ def run_bench(methods: list[str], steps: int = 20, rounds: int = 8, out: Path | 
                             "rounds": rounds, "memory_rounds": memory_rounds, "batch": batch, "threads": threads,
                             "allocator": allocator}
     results: list[dict[str, Any]] = []
-    base = ["--method", "", "--steps", str(steps), "--batch", str(batch), "--threads", str(threads),
-            "--allocator", allocator]
     for m in methods:
-        base[1] = m
+        base = ["--method", m, "--steps", str(steps), "--batch", str(batch), "--threads", str(threads),
+                "--allocator", allocator]
         r = _child(["--segments", "--rounds", str(rounds), *base], timeout=1800 * rounds, threads=threads)
         segs = r.get("segments") or [{"kind": "segment", "method": m, "error": r.get("error", "no segments")}]
         results += segs
