@@ -28,11 +28,14 @@ def _have_data_dir() -> bool:
 def pytest_runtest_makereport(item, call):
     """A checkout without ../shared/data (and no PEFTBENCH_DATA_DIR) runs offline: a test whose
     dataset then cannot be found is skipped with the reason, not failed. Only that refusal (option
-    ``paths.data_dir``) and only when no data dir exists at all; every other error still fails."""
+    ``paths.data_dir``, raised, or reported by a run the test asserted on — a ``refused`` record, a
+    child process's output) and only when no data dir exists at all; every other error still fails."""
     outcome = yield
     rep = outcome.get_result()
+    if not rep.failed or _have_data_dir():
+        return
     exc = call.excinfo.value if call.excinfo is not None else None
-    if rep.failed and getattr(exc, "option", None) == "paths.data_dir" and not _have_data_dir():
+    if getattr(exc, "option", None) == "paths.data_dir" or "[paths.data_dir]" in str(rep.longrepr):
         rep.outcome, rep.longrepr = "skipped", (str(item.path), item.location[1] or 0,
                                                 "Skipped: needs the datasets (../shared/data or PEFTBENCH_DATA_DIR)")
 
