@@ -60,7 +60,7 @@ def data_dir() -> Path:
 @pytest.fixture
 def compose_run(tmp_path):
     """compose_run(*overrides) -> DictConfig with its own output dir under tmp_path."""
-    from peftbench.compose import compose
+    from peftbench.config.compose import compose
 
     counter = {"n": 0}
 

@@ -54,21 +54,29 @@ def build_for(method, task: str, tmp_dir: Path, seed: int = 0):
     return type(base).from_pretrained(str(d), **kw).eval()
 
 
+def family_facts(family: str) -> dict[str, Any]:
+    """The architecture facts the apply context carries, read from conf/model/<family>.yaml (the
+    same path as a run: resolve_spec → build_context), so these tests exercise the yaml itself."""
+    import yaml
+
+    from peftbench.config.paths import conf_dir
+    from peftbench.models import resolve_spec
+
+    spec = resolve_spec(yaml.safe_load((conf_dir() / "model" / f"{family}.yaml").read_text()), "tiny")
+    return dict(model_type=spec.model_type, family=family, targets=spec.targets, conv1d=spec.conv1d,
+                past_key_values=spec.past_key_values)
+
+
 def make_ctx(task: str, **over: Any) -> ApplyContext:
     model = build_base(task)
+    kw = family_facts(TASK_MODEL[task])
     if TASK_MODEL[task] == "bert":
-        targets = {"attention": ["query", "value"], "attention_all": ["query", "key", "value"],
-                   "ffn": ["intermediate.dense", "output.dense"], "all_linear": ["query", "key", "value", "dense"],
-                   "attn_out": ["attention.output.dense"], "ffn_out": ["output.dense"]}
-        kw = dict(task=task, model_type="bert", family="bert", head_modules=["classifier"],
-                  layers_path="bert.encoder.layer", targets=targets)
+        kw.update(head_modules=["classifier"], layers_path="bert.encoder.layer")
     else:
-        targets = {"attention": ["c_attn"], "attention_all": ["c_attn"], "ffn": ["c_fc", "mlp.c_proj"],
-                   "all_linear": ["c_attn", "c_proj", "c_fc"], "attn_out": ["attn.c_proj"], "ffn_out": ["mlp.c_proj"]}
-        kw = dict(task=task, model_type="gpt2", family="gpt2", head_modules=["lm_head"],
-                  layers_path="transformer.h", targets=targets)
-    kw.update(num_layers=LAYERS, hidden_size=H, num_heads=HEADS, max_positions=MAXPOS, hf_config=model.config,
-              module_names=[n for n, _ in model.named_modules()])
+        kw.update(head_modules=["lm_head"], layers_path="transformer.h")
+    kw.update(task=task, num_layers=LAYERS, hidden_size=H, num_heads=HEADS, max_positions=MAXPOS,
+              hf_config=model.config, module_names=[n for n, _ in model.named_modules()],
+              has_bias=any(n.endswith(".bias") for n, _ in model.named_parameters()))
     kw.update(over)
     return ApplyContext(**kw)
 
@@ -87,7 +95,7 @@ def batch(task: str, seed: int = 1) -> dict[str, torch.Tensor]:
 # ---- per-method test hyper-parameters (small, so every case runs in well under a second) --------
 def stage_one_adapters(task: str, tmp_dir: Path) -> list[str]:
     """Two saved Pfeiffer runs (random non-zero adapters) for adapter_fusion's stage two."""
-    from peftbench.methods.adapters import Pfeiffer
+    from peftbench.methods.pfeiffer import Pfeiffer
 
     dirs = []
     for i in range(2):

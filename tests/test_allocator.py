@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from peftbench import allocator
+from peftbench.run import allocator
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="glibc malloc only")
 
 _FREE = """
 import json, sys, torch
-from peftbench import allocator
+from peftbench.run import allocator
 from peftbench.measure.memory import current_rss_mb
 if sys.argv[1] == "keep":
     assert allocator.keep_freed_memory()
@@ -31,8 +31,8 @@ print(json.dumps(held - current_rss_mb()))
 _STEPS = """
 import json, resource, sys, tempfile
 from pathlib import Path
-from peftbench import allocator
-from peftbench.bench.overhead import build_setup, run_a
+from peftbench.run import allocator
+from peftbench.cli.bench import build_setup, run_a
 assert allocator.keep_freed_memory()
 s = build_setup("lora", 12, Path(tempfile.mkdtemp()))
 run_a(s)  # warm: optimizer state
@@ -78,11 +78,11 @@ def test_release_returns_free_memory_to_the_kernel():
 
 
 def test_knob_is_a_callback_of_every_run_and_can_be_turned_off(tmp_path):
-    from peftbench.bench.knobs import check_knobs
-    from peftbench.bench.overhead import bench_overrides, build_setup, lightning_path
-    from peftbench.callbacks import KeepFreedMemory
-    from peftbench.compose import compose
+    from peftbench.cli.bench import bench_overrides, build_setup, lightning_path
+    from peftbench.config.compose import compose
+    from peftbench.config.knobs import check_knobs
     from peftbench.errors import ConfigError
+    from peftbench.run.callbacks import KeepFreedMemory
 
     with pytest.raises(ConfigError, match="perf.keep_freed_memory"):
         check_knobs(compose([*bench_overrides("lora", 2), "perf.keep_freed_memory=maybe"],
@@ -97,7 +97,7 @@ def test_knob_is_a_callback_of_every_run_and_can_be_turned_off(tmp_path):
 
 def test_fit_frees_the_last_steps_gradients(tmp_path):
     """Lightning zeroes gradients at a step's start: the last step's must not live on through evaluation."""
-    from peftbench.bench.overhead import build_setup, run_b
+    from peftbench.cli.bench import build_setup, run_b
 
     s = build_setup("full", 3, tmp_path)
     stamps = run_b(s)

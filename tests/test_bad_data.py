@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.build import make_plan
+from peftbench.config.plan import make_plan
 from peftbench.errors import DataError
 
 GOOD_VAL = "sentence\tlabel\na fine film\t1\na dull film\t0\n"

@@ -15,7 +15,7 @@ from peftbench.errors import ConfigError
 
 def _cli() -> list[str]:
     exe = shutil.which("peftbench") or str(Path(sys.executable).with_name("peftbench"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "peftbench.cli"]
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "peftbench.cli.main"]
 
 
 @pytest.mark.parametrize("sub", ["report", "params"])
@@ -31,7 +31,7 @@ def test_help_starts_under_one_second(sub):
 
 
 def test_bench_lora_rotates_runners_in_one_process(data_dir, tmp_path):
-    from peftbench.bench.overhead import run_bench
+    from peftbench.cli.bench import run_bench
 
     res = run_bench(["lora"], steps=3, rounds=2, out=tmp_path, extras=False, log=lambda s: None)
     (row,) = res["rows"]
@@ -49,7 +49,7 @@ def test_bench_lora_rotates_runners_in_one_process(data_dir, tmp_path):
 def test_cached_data_setup_is_a_tenth_of_the_first(data_dir, tmp_path):
     """The bench's data measurement: a second set-up on the same cache opens the arrow files
     (the issue's target ≤ 0.1× the first; ~0.003× measured here: 0.01 s vs 4 s)."""
-    from peftbench.bench.overhead import data_setup_worker
+    from peftbench.cli.bench import data_setup_worker
 
     first = data_setup_worker(tmp_path)
     second = data_setup_worker(tmp_path)
@@ -58,14 +58,14 @@ def test_cached_data_setup_is_a_tenth_of_the_first(data_dir, tmp_path):
 
 
 def test_bench_refuses_unknown_method(tmp_path):
-    from peftbench.bench.overhead import run_bench
+    from peftbench.cli.bench import run_bench
 
     with pytest.raises(ConfigError, match="no_such_method"):
         run_bench(["no_such_method"], steps=2, rounds=1, out=tmp_path, extras=False)
 
 
 def test_summarize_pairs_ratios_per_round():
-    from peftbench.bench.overhead import summarize, targets
+    from peftbench.cli.bench import summarize, targets
 
     res = []
     for rnd, (a, b, c) in enumerate([(10.0, 9.0, 8.0), (5.0, 5.0, 6.0), (4.0, 4.4, 4.0)]):
@@ -97,7 +97,7 @@ def test_knobs_refused_clearly(compose_run, overrides, option):
     """Refused before any weight loads, naming the option (tf32 / flash attention need CUDA)."""
     import torch
 
-    from peftbench.bench.knobs import check_knobs
+    from peftbench.config.knobs import check_knobs
 
     if torch.cuda.is_available() and overrides[0] in ("perf.tf32=true", "model.attn_implementation=flash_attention_2"):
         pytest.skip("allowed on CUDA")
@@ -108,16 +108,17 @@ def test_knobs_refused_clearly(compose_run, overrides, option):
 
 
 def test_knobs_gpu_ready_values_pass_on_cpu(compose_run):
-    from peftbench.bench.knobs import check_knobs
+    from peftbench.config.knobs import check_knobs
 
     cfg = compose_run("model=bert", "model_size=tiny", "optim.fused=true", "model.attn_implementation=sdpa",
                       "trainer.precision=bf16-mixed", "perf.compile=true")
-    assert check_knobs(cfg) == {"attn_implementation": "sdpa", "tf32": False, "compile": True, "fused": True}
+    assert check_knobs(cfg) == {"attn_implementation": "sdpa", "tf32": False, "compile": True, "fused": True,
+                                "num_threads": None}
 
 
 def test_attn_implementation_reaches_the_model(compose_run):
-    from peftbench.bench.knobs import check_knobs
-    from peftbench.build import make_plan
+    from peftbench.config.knobs import check_knobs
+    from peftbench.config.plan import make_plan
     from peftbench.models import load_model, load_tokenizer
 
     cfg = compose_run("model=bert", "model_size=tiny", "model.attn_implementation=eager")

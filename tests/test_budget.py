@@ -1,4 +1,4 @@
-"""Fair budgets (src/peftbench/budget.py): effective batch as the unit, precision and gradient
+"""Fair budgets (src/peftbench/config/budget.py): effective batch as the unit, precision and gradient
 checkpointing by config, OOM recorded as a result while the sweep goes on."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 FAST = ["trainer.max_steps=3", "dataset.train_limit=64", "dataset.val_limit=32", "data.batch_size=8",
         "measure.inference_overhead=false"]  # as tests/conftest.py FAST
-from peftbench.budget import Budget, check_gradient_checkpointing, plan_budget
+from peftbench.config.budget import Budget, check_gradient_checkpointing, plan_budget
 from peftbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

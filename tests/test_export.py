@@ -19,7 +19,7 @@ RUN = ["logger=none", "trainer.enable_progress_bar=false", "model=bert", "model_
 
 
 def _train(tmp, *overrides):
-    from peftbench.compose import compose
+    from peftbench.config.compose import compose
     from peftbench.train import train
 
     cfg = compose([*RUN, *overrides], output_dir=str(tmp))
@@ -39,7 +39,7 @@ def lora_run(tmp_path_factory):
 def _val_batches(rec):
     from omegaconf import OmegaConf
 
-    from peftbench.build import make_plan
+    from peftbench.config.plan import make_plan
     from peftbench.data.datamodule import TaskDataModule
     from peftbench.models import load_tokenizer
 
@@ -74,7 +74,7 @@ def test_export_opens_with_plain_peft_and_matches_the_run(lora_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from peftbench.export import export_run
+    from peftbench.cli.export import export_run
 
     run_dir, rec = lora_run
     res = export_run(run_dir, tmp_path / "peft")
@@ -96,7 +96,7 @@ def test_export_merge_cli_gives_a_plain_hf_model(lora_run, tmp_path):
 
     run_dir, rec = lora_run
     out = tmp_path / "merged"
-    p = subprocess.run([sys.executable, "-m", "peftbench.cli", "export", str(run_dir), "--out", str(out), "--merge"],
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "export", str(run_dir), "--out", str(out), "--merge"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "merged Hugging Face model" in p.stdout
@@ -107,14 +107,14 @@ def test_export_merge_cli_gives_a_plain_hf_model(lora_run, tmp_path):
     assert loss == pytest.approx(rec["metrics"]["val/loss"], abs=1e-4)
     assert acc == pytest.approx(rec["metrics"]["val/acc"], abs=1e-6)
     # a second export into the same non-empty folder is refused, not silently mixed
-    p2 = subprocess.run([sys.executable, "-m", "peftbench.cli", "export", str(run_dir), "--out", str(out)],
+    p2 = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "export", str(run_dir), "--out", str(out)],
                         capture_output=True, text=True, timeout=600)
     assert p2.returncode == 2 and "--overwrite" in p2.stderr
 
 
 def test_own_method_exports_its_files_and_refuses_merge(tmp_path, data_dir):
+    from peftbench.cli.export import export_run
     from peftbench.errors import ConfigError
-    from peftbench.export import export_run
 
     run_dir = tmp_path / "houlsby"
     _train(run_dir, "method=houlsby", "trainer.max_steps=2")
@@ -129,8 +129,8 @@ def test_own_method_exports_its_files_and_refuses_merge(tmp_path, data_dir):
 
 
 def test_export_refuses_a_folder_without_results(tmp_path):
+    from peftbench.cli.export import export_run
     from peftbench.errors import ConfigError
-    from peftbench.export import export_run
 
     with pytest.raises(ConfigError, match="no results.json"):
         export_run(tmp_path)

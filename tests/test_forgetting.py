@@ -6,12 +6,12 @@ import math
 from pathlib import Path
 
 import pytest
-from tests.conftest import FAST
 
-from peftbench.data.examples import load_examples
+from peftbench.data.load import load_examples, tokenize
 from peftbench.data.mixing import counts, draw
-from peftbench.data.tokenize import IGNORE, tokenize_split
+from peftbench.data.tokenize import IGNORE
 from peftbench.errors import ConfigError
+from tests.conftest import FAST
 
 SFT = Path(__file__).parent / "data" / "sft"
 TASK = {"dataset": {"name": "pr", "task": "causal_lm", "format": "prompt_response", "val_fraction": 0.25,
@@ -22,9 +22,9 @@ TASK = {"dataset": {"name": "pr", "task": "causal_lm", "format": "prompt_respons
 def tok():
     from omegaconf import OmegaConf
 
+    from peftbench.config.paths import conf_dir
     from peftbench.models import resolve_spec
     from peftbench.models.loading import load_tokenizer
-    from peftbench.train import conf_dir
 
     return load_tokenizer(resolve_spec(OmegaConf.load(conf_dir() / "model" / "llama.yaml"), "tiny"))
 
@@ -54,7 +54,7 @@ def test_mix_ratio_replay_and_determinism(tok, tmp_path):
     ds = _mix()
     ex = load_examples(ds, None)
     assert len(ex["train"]) == 20 and ex["train"].source.startswith("mix(pr:0.75+c4_demo:0.25")
-    a = tokenize_split(ex["train"], tok, ds, tmp_path)
+    a = tokenize(ex["train"], tok, ds, tmp_path)
     # SFT rows open with a masked prompt; c4 blocks are trained on every token and are exactly 32 long
     kinds = ["sft" if r["labels"][0] == IGNORE else "text" for r in a]
     assert kinds.count("sft") == 15 and kinds.count("text") == 5
@@ -62,12 +62,12 @@ def test_mix_ratio_replay_and_determinism(tok, tmp_path):
     # the task has 3 training rows: 15 draws replay each of them exactly 5 times
     sft_rows = [tuple(r["input_ids"]) for r, k in zip(a, kinds) if k == "sft"]
     assert sorted(sft_rows.count(x) for x in set(sft_rows)) == [5, 5, 5]
-    b = tokenize_split(load_examples(ds, None)["train"], tok, ds, tmp_path)
+    b = tokenize(load_examples(ds, None)["train"], tok, ds, tmp_path)
     assert a["input_ids"] == b["input_ids"]  # same seed, same mix
-    c = tokenize_split(load_examples(_mix(seed=1), None)["train"], tok, ds, tmp_path)
+    c = tokenize(load_examples(_mix(seed=1), None)["train"], tok, ds, tmp_path)
     assert a["input_ids"] != c["input_ids"]  # another seed, another mix
     # evaluation is the task's own held-out split, unmixed
-    val = tokenize_split(ex["validation"], tok, ds, tmp_path)
+    val = tokenize(ex["validation"], tok, ds, tmp_path)
     assert len(val) == 1 and val[0]["labels"][0] == IGNORE
 
 
@@ -98,7 +98,8 @@ def test_perplexity_matches_the_models_own_loss(tok):
     import torch
     import transformers
 
-    from peftbench.forgetting import ForgettingPlan, _blocks, perplexity
+    from peftbench.config.forgetting import ForgettingPlan
+    from peftbench.measure.forgetting import _blocks, perplexity
 
     cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1)
@@ -119,7 +120,7 @@ def test_perplexity_matches_the_models_own_loss(tok):
 def test_probe_learns_separable_features():
     import torch
 
-    from peftbench.forgetting import Probe
+    from peftbench.measure.forgetting import Probe
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(60) % 3
@@ -182,7 +183,8 @@ def test_same_model_means_zero_delta(tok):
     import torch
     import transformers
 
-    from peftbench.forgetting import ForgettingMeter, ForgettingPlan
+    from peftbench.config.forgetting import ForgettingPlan
+    from peftbench.measure.forgetting import ForgettingMeter
 
     cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                   num_attention_heads=2, num_labels=2, pad_token_id=tok.pad_token_id)
@@ -236,8 +238,8 @@ def test_report_shows_forgetting_column_note_csv_and_plot(tmp_path):
 
 def test_auto_skips_without_local_general_set_but_explicit_refuses(compose_run, tmp_path, monkeypatch, data_dir):
     """auto never starts a hub download of C4; an explicit request says what is missing."""
+    from peftbench.config.forgetting import plan_forgetting
     from peftbench.errors import PeftbenchError
-    from peftbench.forgetting import plan_forgetting
 
     (tmp_path / "d" / "alpaca").mkdir(parents=True)
     (tmp_path / "d" / "alpaca" / "alpaca_en_demo.json").symlink_to(data_dir / "alpaca" / "alpaca_en_demo.json")

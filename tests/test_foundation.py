@@ -36,7 +36,7 @@ def test_unknown_group_option_is_refused_by_name(compose_run):
 
 
 def test_size_the_family_lacks_is_refused_before_loading(compose_run):
-    from peftbench.build import make_plan
+    from peftbench.config.plan import make_plan
 
     cfg = compose_run("model=bert", "model_size=xl")
     with pytest.raises(ConfigError, match=r"\[model_size\].*no size 'xl'.*tiny, base, large"):
@@ -53,7 +53,7 @@ def test_real_size_resolves_to_hub_checkpoint(compose_run):
 
 
 def test_lora_targets_matching_nothing_refused(compose_run):
-    from peftbench.build import make_plan
+    from peftbench.config.plan import make_plan
 
     cfg = compose_run("method.target_modules=[no_such_module]")
     with pytest.raises(ConfigError, match=r"\[method.target_modules\]"):
@@ -70,7 +70,7 @@ DATASETS = ["sst2", "cola", "mr", "mpqa", "agnews", "thucnews", "alpaca", "alpac
 def test_every_dataset_config_reads_its_local_copy(compose_run, data_dir, name):
     from omegaconf import OmegaConf
 
-    from peftbench.data.examples import load_examples
+    from peftbench.data.load import load_examples
 
     cfg = compose_run(f"dataset={name}")
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -88,7 +88,7 @@ def test_every_dataset_config_reads_its_local_copy(compose_run, data_dir, name):
 def test_sst2_sizes_match_the_files(compose_run, data_dir):
     from omegaconf import OmegaConf
 
-    from peftbench.data.examples import load_examples
+    from peftbench.data.load import load_examples
 
     ex = load_examples(OmegaConf.to_container(compose_run().dataset, resolve=True), str(data_dir))
     assert len(ex["train"]) == 60614 and len(ex["validation"]) == 872
@@ -108,7 +108,7 @@ def _local_dataset(tmp_path, text: bytes, name="train.tsv"):
     (b"sentence\tlabel\nfine\t1\nbad\t7\n", r"row 2: label 7 is outside"),
 ])
 def test_bad_dataset_files_refused_naming_file_and_row(compose_run, tmp_path, content, match):
-    from peftbench.build import make_plan
+    from peftbench.config.plan import make_plan
 
     d = _local_dataset(tmp_path, content)
     cfg = compose_run(f"dataset.local.dir={d}")
@@ -118,7 +118,7 @@ def test_bad_dataset_files_refused_naming_file_and_row(compose_run, tmp_path, co
 
 
 def test_missing_dataset_file_refused(compose_run, tmp_path):
-    from peftbench.build import make_plan
+    from peftbench.config.plan import make_plan
 
     d = tmp_path / "empty"
     d.mkdir()
@@ -196,7 +196,7 @@ def test_run_id_ignores_paths_only():
 # ---- peftbench params ---------------------------------------------------------------------------
 
 def _params(*overrides: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "peftbench.cli", "params", *overrides, "--json"],
+    out = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "params", *overrides, "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
@@ -264,7 +264,7 @@ def test_quickstart_on_a_small_slice_learns(compose_run, data_dir):
     (["method=lora", "optim.lr=1e-3"], 1e-3),
 ])
 def test_explicit_lr_wins_over_the_method_default(compose_run, overrides, lr):
-    from peftbench.run_text import effective_optim
+    from peftbench.config.plan import effective_optim
 
     assert effective_optim(compose_run(*overrides))["lr"] == pytest.approx(lr)
 
@@ -301,7 +301,7 @@ def test_limits_apply_after_a_derived_validation_split(compose_run, data_dir):
     """alpaca has one file: validation is its val_fraction tail whatever train_limit is, and val_limit caps it."""
     from omegaconf import OmegaConf
 
-    from peftbench.data.examples import load_examples
+    from peftbench.data.load import load_examples
 
     def load(*ov):
         cfg = compose_run("dataset=alpaca", *ov)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from peftbench import results
-from peftbench.build import make_plan
+from peftbench.config.plan import make_plan
 from peftbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_full_output_dir_refused(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from peftbench.train import check_writable
+    from peftbench.run.record import check_writable
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))

@@ -152,8 +152,24 @@ def test_refuses_prefix_longer_than_positions(name):
 
 @pytest.mark.parametrize("name", ["prefix_tuning", "p_tuning_v2", "mam"])
 def test_refuses_prefix_without_past_kv(name):
-    e = _refuses(name, ctx_over={"model_type": "mystery"}, num_virtual_tokens=4)
+    e = _refuses(name, ctx_over={"past_key_values": False}, num_virtual_tokens=4)
     assert "past_key_values" in str(e)
+
+
+def test_refuses_bitfit_without_biases():
+    """A bias-free model (Llama: the meta-device build says so) has nothing for BitFit to train."""
+    e = _refuses("bitfit", ctx_over={"has_bias": False}, train_head=False)
+    assert e.option == "method" and "no bias" in str(e)
+    get_method("bitfit").from_config({"train_head": True}).check(C.make_ctx("classification", has_bias=False))
+
+
+@pytest.mark.parametrize("name,key", [("houlsby", "attn_out"), ("pfeiffer", "ffn_out"), ("mam", "ffn_in"),
+                                      ("ia3", "ia3")])
+def test_refuses_family_without_insertion_point(name, key):
+    """Architecture facts come from the family yaml (via the context), never a model-type table."""
+    ctx = C.make_ctx("classification")
+    e = _refuses(name, ctx_over={"targets": {k: v for k, v in ctx.targets.items() if k != key}})
+    assert f"targets.{key}" in str(e) and "conf/model/bert.yaml" in str(e)
 
 
 @pytest.mark.parametrize("name,key", [("lora", "target_modules"), ("dora", "target_modules"),
@@ -244,7 +260,11 @@ def test_qlora_is_4bit_and_optimizer_hint(tmp_path):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     kw = method.load_kwargs(ctx)["quantization_config"]
     assert kw.bnb_4bit_quant_type == "nf4" and kw.bnb_4bit_use_double_quant
-    assert method.optimizer_override == ("paged_adamw_8bit" if torch.cuda.is_available() else None)
+    optim = {"name": "adamw", "lr": 1e-4, "fused": True}
+    trained_with = method.train_optimizer(optim)
+    assert trained_with == ({**optim, "name": "paged_adamw_8bit", "fused": False} if torch.cuda.is_available() else optim)
+    off = type(method).from_config({"name": "qlora", "optimizer": None})
+    assert off.train_optimizer(optim) == optim  # method.optimizer: null keeps the run's optimizer
 
 
 def test_every_method_declares_metadata():
@@ -254,3 +274,49 @@ def test_every_method_declares_metadata():
         assert cls.summary, name
         if name not in ("full", "head_only"):
             assert cls.paper.startswith("http"), name
+
+
+# ---- architecture facts: the family yaml, through the apply context -------------------------------
+
+FAMILIES = ["bert", "roberta", "minilm", "mpnet", "gpt2", "gpt2_local", "qwen2", "llama"]
+# what a family declares on purpose (not a missing fact): MPNet's attention takes no past key/values
+DECLARED_REFUSALS = {"mpnet": "past_key_values", "gpt2": "Conv1D", "gpt2_local": "Conv1D"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_yaml_carries_what_its_methods_need(family):
+    """Every method's pre-load check passes on every family's tiny model, or refuses for a reason
+    the family's yaml states — never because an insertion point or a target set is missing."""
+    import yaml
+
+    from peftbench.config.paths import conf_dir
+    from peftbench.models import build_context, resolve_spec
+
+    spec = resolve_spec(yaml.safe_load((conf_dir() / "model" / f"{family}.yaml").read_text()), "tiny")
+    for task in spec.tasks:
+        ctx = build_context(spec, task)
+        assert ctx.has_bias is (family != "llama"), family  # Llama blocks have no biases
+        for name in METHODS:
+            cls = get_method(name)
+            # built-ins only (a plugin's defaults are its own affair); fusion needs stage-one adapters
+            if not cls.__module__.startswith("peftbench.methods.") or name == "adapter_fusion" \
+                    or task not in cls.tasks:
+                continue
+            try:
+                cls().check(ctx)
+            except ConfigError as e:
+                assert DECLARED_REFUSALS.get(family, "\0") in str(e), f"{family}/{task}/{name}: {e}"
+
+
+def test_positions_after_padding_come_from_the_family():
+    import yaml
+
+    from peftbench.config.paths import conf_dir
+    from peftbench.models import build_context, resolve_spec
+
+    def ctx(family):
+        return build_context(resolve_spec(yaml.safe_load((conf_dir() / "model" / f"{family}.yaml").read_text()),
+                                          "base"), "classification")
+
+    assert ctx("roberta").max_positions == 512 and ctx("mpnet").max_positions == 512  # 514 − pad 1 − 1
+    assert ctx("bert").max_positions == 512

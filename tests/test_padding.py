@@ -97,7 +97,7 @@ def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
     import lightning as L
     from omegaconf import OmegaConf
 
-    from peftbench.build import make_plan
+    from peftbench.config.plan import make_plan
     from peftbench.data.datamodule import TaskDataModule
     from peftbench.lit import PeftLitModule
     from peftbench.lit.tasks import make_task

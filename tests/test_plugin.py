@@ -30,7 +30,7 @@ def _env():
 
 
 def test_plugin_method_listed_and_counted(plugin_installed):
-    out = subprocess.run([sys.executable, "-m", "peftbench.cli", "params", "model=gpt2", "model_size=tiny",
+    out = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "params", "model=gpt2", "model_size=tiny",
                           "method=scaled_bias", "--json"], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     t = json.loads(out.stdout)
@@ -38,7 +38,7 @@ def test_plugin_method_listed_and_counted(plugin_installed):
     # δ per adapted bias: tiny GPT-2 (d=64, 2 blocks): c_attn 3d + attn.c_proj d + c_fc 4d + mlp.c_proj d = 9d per block
     # (+ the classification head `score`, 64×2, no bias)
     assert t["params"]["trainable"] == 2 * 9 * 64 + 64 * 2
-    listed = subprocess.run([sys.executable, "-m", "peftbench.cli", "list", "methods"], capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "list", "methods"], capture_output=True, text=True,
                             cwd=ROOT, env=_env(), timeout=120).stdout
     assert "scaled_bias" in listed
 

@@ -103,7 +103,7 @@ def compose_spec(spec: dict[str, Any], out: Path):
     defaults (``method: {name: …}``), the same thing a minimal user yaml would give."""
     from omegaconf import OmegaConf
 
-    from peftbench.compose import compose
+    from peftbench.config.compose import compose
 
     has_yaml = (ROOT / "conf" / "method" / f"{spec['method']}.yaml").exists()
     over = [f"model={spec['model']}", f"dataset={spec['dataset']}", *BASE]

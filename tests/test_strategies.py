@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import FAST
 
 from peftbench.errors import ConfigError
+from tests.conftest import FAST
 
 
 @pytest.mark.parametrize("name", ["single", "ddp", "fsdp"])
@@ -27,23 +27,24 @@ def test_fsdp_refused_on_cpu_before_weights_load(compose_run):
 
 
 def test_ddp_find_unused_follows_the_method(compose_run):
-    from peftbench.methods.registry import get_method
-    from peftbench.run_text import make_strategy
+    from omegaconf import OmegaConf
 
-    cfg = compose_run("strategy=ddp")
+    from peftbench.methods.registry import get_method
+    from peftbench.run.strategy import make_strategy
+
+    s = OmegaConf.to_container(compose_run("strategy=ddp").strategy, resolve=True)
     lora = get_method("lora").from_config({"name": "lora"})
     drop = get_method("adapter_drop").from_config({"name": "adapter_drop"})
-    assert make_strategy(cfg, lora)._ddp_kwargs["find_unused_parameters"] is False
-    assert make_strategy(cfg, drop)._ddp_kwargs["find_unused_parameters"] is True
-    cfg.strategy.find_unused_parameters = True
-    assert make_strategy(cfg, lora)._ddp_kwargs["find_unused_parameters"] is True
+    assert make_strategy(s, lora)._ddp_kwargs["find_unused_parameters"] is False
+    assert make_strategy(s, drop)._ddp_kwargs["find_unused_parameters"] is True
+    assert make_strategy({**s, "find_unused_parameters": True}, lora)._ddp_kwargs["find_unused_parameters"] is True
 
 
 @pytest.mark.parametrize("family,block", [("bert", "BertLayer"), ("gpt2", "GPT2Block"), ("llama", "LlamaDecoderLayer")])
 def test_fsdp_block_classes_by_duck_typing(compose_run, family, block):
-    from peftbench.build import make_plan
-    from peftbench.fsdp import BlockWrapPolicy, transformer_block_classes
+    from peftbench.config.plan import make_plan
     from peftbench.models import load_model, load_tokenizer
+    from peftbench.run.strategy import BlockWrapPolicy, transformer_block_classes
 
     cfg = compose_run(f"model={family}", "model_size=tiny", "method=lora")
     plan = make_plan(cfg, load_data=False)
@@ -58,7 +59,7 @@ def test_fsdp_block_classes_by_duck_typing(compose_run, family, block):
 
 
 def test_fsdp_policy_refuses_a_model_without_blocks():
-    from peftbench.fsdp import BlockWrapPolicy
+    from peftbench.run.strategy import BlockWrapPolicy
 
     with pytest.raises(ConfigError, match="no repeated transformer block"):
         BlockWrapPolicy()(torch.nn.Sequential(torch.nn.Linear(2, 2)), recurse=True)
@@ -67,8 +68,8 @@ def test_fsdp_policy_refuses_a_model_without_blocks():
 def test_fsdp_strategy_settings():
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from peftbench.fsdp import BlockWrapPolicy, make_fsdp_strategy
     from peftbench.methods.registry import get_method
+    from peftbench.run.strategy import BlockWrapPolicy, make_fsdp_strategy
 
     lora = get_method("lora").from_config({"name": "lora"})
     s = make_fsdp_strategy({"name": "fsdp", "sharding_strategy": "shard_grad_op", "activation_checkpointing": True}, lora)
@@ -82,16 +83,32 @@ def test_fsdp_strategy_settings():
 
 
 def test_qlora_under_fsdp_needs_matching_quant_storage():
-    from peftbench.fsdp import check_fsdp_method
+    """A real option (method.quant_storage), refused before weights, passed to BitsAndBytesConfig."""
     from peftbench.methods.registry import get_method
 
-    q = get_method("qlora").from_config({"name": "qlora"})
-    if getattr(q, "quant_storage", None) is None:
-        with pytest.raises(ConfigError, match="bnb_4bit_quant_storage") as e:
-            check_fsdp_method(q)
-        assert e.value.option == "method.quant_storage"
-    object.__setattr__(q, "quant_storage", "uint8")  # bitsandbytes' default storage: not shardable
-    with pytest.raises(ConfigError, match="quant_storage='uint8'"):
-        check_fsdp_method(q)
-    object.__setattr__(q, "quant_storage", str(q.compute_dtype()).replace("torch.", ""))
-    check_fsdp_method(q)  # storage == compute dtype: allowed
+    cls = get_method("qlora")
+    q = cls.from_config({"name": "qlora"})
+    with pytest.raises(ConfigError, match="bnb_4bit_quant_storage") as e:
+        q.check_strategy("fsdp")
+    assert e.value.option == "method.quant_storage"
+    q.check_strategy("ddp")  # only FSDP flattens the 4-bit weights
+    with pytest.raises(ConfigError, match="quant_storage='uint8'"):  # bitsandbytes' default: not shardable
+        cls.from_config({"name": "qlora", "quant_storage": "uint8"}).check_strategy("fsdp")
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        cls.from_config({"name": "qlora", "quant_storage": "float77"}).check_strategy("fsdp")
+    dtype = str(q.compute_dtype()).replace("torch.", "")
+    ok = cls.from_config({"name": "qlora", "quant_storage": dtype})
+    ok.check_strategy("fsdp")  # storage == compute dtype: allowed
+    pytest.importorskip("bitsandbytes")
+    bnb = ok.load_kwargs(_ctx_for_qlora())["quantization_config"]
+    assert bnb.bnb_4bit_quant_storage == q.compute_dtype()
+
+
+def _ctx_for_qlora():
+    from omegaconf import OmegaConf
+
+    from peftbench.config.paths import conf_dir
+    from peftbench.models import build_context, resolve_spec
+
+    spec = resolve_spec(OmegaConf.load(conf_dir() / "model" / "gpt2.yaml"), "tiny")
+    return build_context(spec, "causal_lm")

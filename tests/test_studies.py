@@ -1,4 +1,5 @@
-"""Issue 6 studies: gpt2_local pretraining path, text-classification SFT, image-text LoRA, the suite grid."""
+"""Issue 6 studies: gpt2_local pretraining path, text-classification SFT and image-text LoRA (both
+configurations of the one pipeline since issue 19), the suite grid."""
 
 from __future__ import annotations
 
@@ -35,21 +36,77 @@ def test_gpt2_local_refused_until_pretrained_then_loads(compose_run, tmp_path):
     assert 0 < rec["params"]["trainable"] < rec["params"]["total"]
 
 
-def test_text_cls_sft_accuracy_from_generated_labels(compose_run):
+# ---- seed study 2: a classification set read as SFT, scored by generated labels ------------------
+# The tiny llama is built from config (random weights): the numbers are noise, the path is real.
+TEXTCLS = ["experiment=seed_textcls_sst2", "model_size=tiny", "dataset.train_limit=16", "dataset.val_limit=8",
+           "dataset.as_sft.max_new_tokens=3", "data.eval_batch_size=8", "trainer.max_steps=2",
+           "measure.inference_overhead=false", "forgetting.enabled=false"]
+
+
+def test_text_cls_as_sft_runs_through_the_pipeline(compose_run):
+    """No study code: the run trains under the shared budget (2 micro-batches of 2 per update) with the
+    causal-LM SFT loss, and the task scores greedy answers before (measure.before) and after fit."""
     from peftbench.train import train
 
-    rec = train(compose_run("experiment=seed_textcls_sst2", "model=qwen2", "model_size=tiny", "trainer.max_steps=2",
-                            "dataset.train_limit=16", "dataset.val_limit=8", "textcls.eval_limit=8",
-                            "textcls.max_new_tokens=3", "data.batch_size=4"))
+    rec = train(compose_run(*TEXTCLS, "data.batch_size=2", "data.effective_batch_size=4"))
     assert rec["status"] == "ok", rec["error"]
     m = rec["metrics"]
-    assert 0.0 <= m["val/acc"] <= 1.0 and m["val/n_generated"] == 8
-    assert m["val/acc"] <= m["val/valid_label_rate"]
-    assert 0.0 <= m["val/acc_zero_shot"] <= m["val/valid_label_rate_zero_shot"] <= 1.0  # the base model, same prompts
+    assert m["val/n_generated"] == m["val/n_generated_before"] == 8
+    for sfx in ("", "_before"):
+        assert 0.0 <= m[f"val/acc{sfx}"] <= m[f"val/valid_label_rate{sfx}"] <= 1.0
+    assert {"val/loss", "val/ppl", "val/token_acc"} <= set(m)
+    assert (rec["dataset"]["name"], rec["dataset"]["task"]) == ("sst2_sft", "causal_lm")
+    assert rec["budget"]["accumulate_grad_batches"] == 2 and rec["budget"]["optimizer_steps"] == 2
+    assert rec["method"]["name"] == "lora" and rec["method"]["optim"]["lr"] == 1e-3
+    assert 0 < rec["params"]["trainable"] == rec["params"]["added"] < rec["params"]["total"]
+
+
+def test_as_sft_turns_labelled_texts_into_prompt_and_answer():
+    from peftbench.data.examples import SplitExamples
+    from peftbench.data.sft import run_dataset, to_sft
+
+    view = run_dataset({"name": "s", "task": "classification", "label_names": ["negative", "positive"],
+                        "as_sft": {"max_new_tokens": 4}})
+    assert (view["task"], view["format"], view["name"]) == ("causal_lm", "prompt_response", "s_sft")
+    assert run_dataset(view) == view  # the run's view is read once more by the loaders: unchanged
+    ex = to_sft(SplitExamples("train", "f.tsv", {"text": ["a great film", "dull"], "label": [1, 0]}), view)
+    assert ex.columns["response"] == ["positive", "negative"]
+    assert ex.columns["prompt"][0] == ("Classify the text into one of these labels: negative, positive.\n"
+                                       "Text: a great film\nAnswer with the label only.")
+
+
+@pytest.mark.parametrize("change,option", [
+    ({"task": "causal_lm"}, "dataset.as_sft"),
+    ({"label_names": None}, "dataset.as_sft"),
+    ({"as_sft": {"prompt": "no placeholder"}}, "dataset.as_sft.prompt"),
+    ({"as_sft": {"max_new_tokens": 0}}, "dataset.as_sft.max_new_tokens"),
+])
+def test_as_sft_refusals_name_the_option(change, option):
+    from peftbench.data.sft import run_dataset
+    from peftbench.errors import ConfigError
+
+    ds = {"name": "s", "task": "classification", "label_names": ["a", "b"], "as_sft": {"max_new_tokens": 4}, **change}
+    with pytest.raises(ConfigError) as e:
+        run_dataset(ds)
+    assert e.value.option == option
+
+
+def test_sft_rows_split_into_left_padded_prompts_and_answers():
+    """Generation continues each row's prompt (its -100-labelled head); a row cut before its answer is dropped."""
+    import torch
+
+    from peftbench.lit.generation import split_sft_rows
+
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 0], [5, 9, 3, 0, 0], [4, 4, 4, 4, 4]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+             "labels": torch.tensor([[-100, -100, 7, 8, -100], [-100, 9, 3, -100, -100], [-100] * 5])}
+    ids, mask, answers = split_sft_rows(batch, pad_id=0)
+    assert ids.tolist() == [[5, 6], [0, 5]] and mask.tolist() == [[1, 1], [0, 1]]
+    assert answers == [[7, 8], [9, 3]]
 
 
 def test_parse_label():
-    from peftbench.studies.text_cls_sft import parse_label
+    from peftbench.lit.generation import parse_label
 
     names = ["negative", "positive"]
     assert parse_label(" Positive.\nmore", names) == 1
@@ -57,17 +114,40 @@ def test_parse_label():
     assert parse_label("no idea", names) is None
 
 
-def test_image_text_generator_and_lora_bleu(compose_run, tmp_path):
-    from peftbench.data.image_text import make_shapes_dataset, read_annotations
+# ---- seed study 4: image–text, a task of the normal path ---------------------------------------------
+def test_image_text_runs_through_the_pipeline(compose_run, tmp_path):
+    """model=tiny_vlm, dataset=shapes (a local folder here), LoRA from the registry on the decoder's
+    attention; BLEU and attribute accuracy of greedy captions, before and after fit."""
+    from peftbench.data.image_text import make_shapes_dataset
     from peftbench.train import train
 
     folder = make_shapes_dataset(tmp_path / "shapes", n=12, size=16)
-    assert len(read_annotations(folder)) == 12
-    rec = train(compose_run("experiment=seed_image_text", f"image_text.data_dir={folder}", "image_text.image_size=16",
-                            "trainer.max_steps=2", "data.batch_size=4"))
+    rec = train(compose_run("experiment=seed_image_text", f"dataset.local.dir={folder}", "dataset.image_size=16",
+                            "model.sizes.tiny.arch.encoder.image_size=16", "trainer.max_steps=2", "data.batch_size=4",
+                            "measure.before=true", "measure.inference_overhead=false"))
     assert rec["status"] == "ok", rec["error"]
-    assert 0.0 <= rec["metrics"]["val/bleu"] <= 1.0
+    m = rec["metrics"]
+    for key in ("val/bleu", "val/colour_acc", "val/shape_acc", "val/position_acc", "val/bleu_before"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert rec["dataset"]["sizes"] == {"train": 9, "validation": 3} and rec["model"]["family"] == "tiny_vlm"
     assert 0 < rec["params"]["trainable"] == rec["params"]["added"] < rec["params"]["total"]
+    adapted = sorted(rec["params"]["delta_rank"])  # ΔW = merged − base: the decoder's attention only
+    assert adapted and all(".attn.c_attn" in n or ".crossattention." in n for n in adapted)
+    assert rec["budget"]["optimizer_steps"] == 2 and rec["method"]["optim"]["lr"] == 3e-3
+
+
+@pytest.mark.parametrize("override,option", [
+    ("dataset.image_size=16", "dataset.image_size"),        # the ViT takes 32x32
+    ("method=prefix_tuning", "method"),                     # no virtual tokens for a captioner
+    ("dataset.local.dir=/nonexistent/shapes", "dataset.local.dir"),
+])
+def test_image_text_refusals_before_weights(compose_run, override, option):
+    from peftbench.config.plan import make_plan
+    from peftbench.errors import PeftbenchError
+
+    with pytest.raises(PeftbenchError) as e:
+        make_plan(compose_run("experiment=seed_image_text", override))
+    assert e.value.option == option
 
 
 def test_image_text_missing_image_names_file_and_row(tmp_path):
@@ -83,7 +163,7 @@ def test_image_text_missing_image_names_file_and_row(tmp_path):
 
 
 def test_suite_dry_run_lists_grid(capsys):
-    from peftbench.studies.suite import available_methods, grids, main
+    from peftbench.cli.suite import available_methods, grids, main
 
     assert main(["--quick", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -100,7 +180,7 @@ def test_suite_dry_run_lists_grid(capsys):
 
 
 def test_suite_second_seeds_run_only_at_the_selected_lr():
-    from peftbench.studies.suite import Cell, Grid, Task, seed_cells, select
+    from peftbench.cli.suite import Cell, Grid, Task, seed_cells, select
 
     t = Task("lm", (), "val/loss", "val/ppl", (("gpt2_local", "s"),))
     g = Grid("g", [t], ["lora"], seeds=[1, 2, 3], lrs={"default": [1e-3, 3e-3]})
@@ -115,13 +195,33 @@ def test_suite_second_seeds_run_only_at_the_selected_lr():
     assert list(seed_cells(select(g, recs), list(recs), g)) == []  # nothing selected, nothing more to run
 
 
-def test_bleu_scores_the_synthetic_captions():
-    """Seven-word captions: identical → 1, one wrong word → between 0 and 1 (3-word captions scored 0)."""
-    from peftbench.studies.image_text import bleu
+def test_bleu_is_sacrebleu_corpus_bleu_summed_over_batches():
+    """Seven-word captions: identical → 1, one wrong word → between 0 and 1; batch by batch = one corpus."""
+    import sacrebleu
 
-    refs = ["a red circle in the top left", "a blue square in the bottom right"]
-    assert bleu(refs, refs) == pytest.approx(1.0)
-    assert 0.0 < bleu(["a red circle in the top right", "a blue square in the bottom right"], refs) < 1.0
+    from peftbench.lit.generation import CorpusBLEU
+
+    refs = ["a red circle in the top left", "a blue square in the bottom right", "a green triangle in the top right"]
+    preds = ["a red circle in the top right", "a blue square in the bottom right", "a green circle"]
+    m = CorpusBLEU()
+    m.update(preds[:1], refs[:1])
+    m.update(preds[1:], refs[1:])
+    assert float(m.compute()) == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score / 100)
+    assert 0.0 < float(m.compute()) < 1.0
+    same = CorpusBLEU()
+    same.update(refs, refs)
+    assert float(same.compute()) == pytest.approx(1.0)
+
+
+def test_attribute_accuracy_reads_the_named_value():
+    from peftbench.lit.generation import attribute_hits, named_value
+
+    where = ["top left", "top right", "bottom left", "bottom right"]
+    assert named_value("a red circle in the  Top Left", where) == "top left"
+    assert named_value("a reddish circle", ["red"]) is None  # whole words only
+    refs = ["a red circle in the top left", "a blue square in the bottom right", "no position here"]
+    assert attribute_hits(["a red circle in the top left", "a blue blob", "x"], refs, where).tolist() == [1.0, 0.0]
+    assert attribute_hits(["a red square", "a red square", "x"], refs, ["red", "blue"]).tolist() == [1.0, 0.0]
 
 
 def test_shapes_captions_name_colour_shape_and_position(tmp_path):
@@ -137,8 +237,81 @@ def test_shapes_captions_name_colour_shape_and_position(tmp_path):
 
 def test_every_standard_cell_is_hashable():
     """Cells key the run records: a task field that is a dict (a per-task lr grid) must not break that."""
-    from peftbench.studies.suite import cells, grids
+    from peftbench.cli.suite import cells, grids
 
     g = grids()["standard_cpu"]
     cs = list(cells(g, g.methods))
     assert len({c: None for c in cs}) == len(cs)
+
+
+def _every_cell(g, shared):
+    """Phase 1 and every later seed at every lr of the grid: all the cells a run of ``g`` can make."""
+    from peftbench.cli.suite import Cell, cells
+
+    return {(c.rel_dir(), *c.overrides(g, shared)) for c1 in cells(g, g.methods) for s in g.seeds_of(c1.task)
+            for c in [Cell(c1.task, c1.model, c1.size, c1.method, c1.lr, s)]}
+
+
+def test_yaml_grids_make_the_cells_the_python_grids_made():
+    """conf/benchmark/*.yaml replaced the grids written as Python literals (issue 19). The cells, hence
+    the run ids and run folders of every finished run, are the ones those literals made: recorded in
+    tests/golden/suite_cells.json from the literals, before the move."""
+    from pathlib import Path
+
+    from peftbench.cli.suite import cells, grids, pretrain_overrides
+
+    golden = json.loads((Path(__file__).parent / "golden" / "suite_cells.json").read_text())
+    shared = Path("/pretrained")
+    gs = grids()
+    assert sorted(gs) == sorted(golden)
+    for name, g in gs.items():
+        want = golden[name]
+        assert _every_cell(g, shared) == {tuple(x.split()) for x in want["cells"]}, name
+        assert [c.rel_dir() for c in cells(g, g.methods)] == want["phase1_order"], name  # dry-run and run order
+        assert [" ".join(pretrain_overrides(g, s, shared)) for s in g.pretrain] == want["pretrain_runs"], name
+        assert (g.methods, g.seeds, g.runs_from, g.pretrain) == (want["methods"], want["seeds"], want["runs_from"],
+                                                                 want["pretrain"]), name
+        assert {m: g.lr_grid(m) for m in g.methods} == want["lr_grid"], name  # the manifest's lr grid
+        assert [{"name": t.name, "models": [list(m) for m in t.models], "methods": t.own_methods(g.methods),
+                 "seeds": g.seeds_of(t), "select": t.select, "report": t.report, "lrs": t.lrs}
+                for t in g.tasks] == want["tasks"], name
+
+
+def test_grid_reusing_another_grids_runs_makes_the_same_shared_cells():
+    """``runs_from``: a cell both grids make must have the same overrides (same run id, same folder),
+    or each grid would re-run, and overwrite, the other's run."""
+    from pathlib import Path
+
+    from peftbench.cli.suite import grids
+
+    gs, shared = grids(), Path("/pretrained")
+    borrowers = [g for g in gs.values() if g.runs_from]
+    assert borrowers
+    for g in borrowers:
+        mine = {c[0]: c[1:] for c in _every_cell(g, shared)}
+        theirs = {c[0]: c[1:] for c in _every_cell(gs[g.runs_from], shared)}
+        common = mine.keys() & theirs.keys()
+        assert common, f"{g.name} shares no cell with {g.runs_from}"
+        assert {k: mine[k] for k in common} == {k: theirs[k] for k in common}
+
+
+def test_grid_yaml_with_an_unknown_key_is_refused(tmp_path):
+    from peftbench.cli.suite import load_grid
+    from peftbench.errors import ConfigError
+
+    f = tmp_path / "mine.yaml"
+    f.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1e-3]}\n"
+                 "tasks: [{name: t, overrides: [], select: val/loss, report: val/ppl, models: {gpt2_local: [s]},"
+                 " seed: [1]}]\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml tasks\[0\]: unknown key\(s\) \['seed'\]"):
+        load_grid(f)
+    f.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1e-3]}\ntasks: []\ngrid: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['grid'\]"):
+        load_grid(f)
+    f.write_text("methods: [lora]\nlrs: {default: [1e-3]}\ntasks: []\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: missing key\(s\) \['seeds'\]"):
+        load_grid(f)
+    f.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1e-3]}\n"
+                 "tasks: [{name: t, overrides: [a=1], select: val/loss, report: val/ppl, models: {gpt2_local: [s]}}]\n")
+    g = load_grid(f)
+    assert (g.name, g.tasks[0].models, g.lr_grid("lora")) == ("mine", (("gpt2_local", "s"),), [1e-3])

@@ -1,38 +1,79 @@
-"""Seed study 004 (Toy LoRA MLP): thresholds, typed parameter counts, determinism."""
+"""Seed study 004 through the one pipeline: a two-stage run (base_stage) on a model family built
+from config (toy_mlp) and a generated dataset (sphere_shift); typed counts from the shapes."""
 
-from omegaconf import OmegaConf
+from __future__ import annotations
 
-from peftbench.studies.toy_lora import run
+import pytest
 
-CFG = "conf/experiment/seed004_toy_lora.yaml"
-
-
-def _run(seed: int) -> dict:
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / CFG
-    return run(OmegaConf.merge(OmegaConf.load(path), {"seed": seed}))
+# a few epochs: the path and the counts are what is tested here; the accuracies need the full
+# budget (../shared/checks/06-seed004 and reports/seed004_toy_lora)
+SHORT = ["trainer.max_epochs=2", "+base_stage.set.trainer.max_epochs=3", "dataset.generator.n_eval=512"]
 
 
-def test_toy_lora_seed1_thresholds_counts_determinism():
-    out = _run(1)
-    m, p = out["metrics"], out["params"]
-    u, gb, ga = m["toy/uniform_acc_before"], m["toy/gaussian_acc_before"], m["toy/gaussian_acc_after"]
-    assert u >= 0.95 and gb <= 0.92 and ga >= 0.95 and ga - gb >= 0.05, m
-    h, r = 32, 2
-    # trainable = LoRA A (r*h) + B (h*r) + fc2 bias (h) = 64 + 64 + 32 = 160  (train_bias: true)
-    assert p["trainable"] == r * h + h * r + h == 160
-    # added = scalars absent from the base model = A + B = 128
+@pytest.fixture
+def toy_run(compose_run, tmp_path):
+    from peftbench.train import train
+
+    def run(*extra: str, out: str = "run"):
+        return train(compose_run("experiment=seed004_toy_lora", f"paths.cache_dir={tmp_path / 'cache'}", *SHORT,
+                                 *extra, out=tmp_path / out))
+
+    return run
+
+
+def test_data_is_the_seeds():
+    """Sphere of radius √d, shift N(0, (1/d)² I), label 1 where mean(x) ≥ 0, eval sets shared by stages."""
+    import torch
+
+    from peftbench.data.generated import sphere_shift
+
+    a = sphere_shift({"d": 16, "n_train": 300, "n_eval": 400, "train_on": "sphere"}, seed=3)
+    b = sphere_shift({"d": 16, "n_train": 300, "n_eval": 400, "train_on": "gaussian"}, seed=3)
+    train = torch.stack(a["train"].columns["inputs"])
+    assert torch.allclose(train.norm(dim=1), torch.full((300,), 4.0), atol=1e-5)
+    shifted = torch.stack(b["train"].columns["inputs"])
+    assert abs(shifted.std().item() - 1 / 16) < 0.005
+    assert a["train"].columns["label"] == (train.mean(dim=1) >= 0).long().tolist()
+    for split in ("validation", "test"):  # the same evaluation points whichever stage draws them
+        assert torch.equal(torch.stack(a[split].columns["inputs"]), torch.stack(b[split].columns["inputs"]))
+    other_seed = torch.stack(sphere_shift({"n_eval": 8}, seed=4)["test"].columns["inputs"])
+    assert not torch.equal(other_seed, torch.stack(a["test"].columns["inputs"])[:8])
+
+
+def test_two_stage_run_counts_and_reuse(toy_run):
+    rec = toy_run()
+    assert rec["status"] == "ok", rec["error"]
+    h, r, d = 32, 2, 16
+    p = rec["params"]
+    assert p["trainable"] == r * h + h * r + h == 160      # LoRA A + B on fc2, plus fc2's bias
     assert p["added"] == r * h + h * r == 128
-    # total = base (16*32+32 + 32*32+32 + 32+1 = 1633) + added
-    assert out["model"]["total"] == 16 * 32 + 32 + h * h + h + h + 1 == 1633
-    assert p["total"] == 1633 + 128
-    # changed = scalars of the merged model differing from the base: at most the whole fc2
-    # weight + bias (h*h + h = 1056). A fc2 unit that never fires on the adaptation data gets no
-    # gradient, so its B row (hence its weight row) and its bias stay put: h + 1 = 33 fewer each.
-    assert p["changed"] <= h * h + h == 1056
-    assert (h * h + h - p["changed"]) % (h + 1) == 0
-    assert p["changed"] == 1023  # seed 1: one such unit
-    # delta_rank = rank(B @ A) = r = 2
-    assert p["delta_rank"] == {"fc2": 2}
-    assert p["stored_bytes"] > 0
-    assert _run(1)["metrics"] | {"toy/wall_s": 0} == m | {"toy/wall_s": 0}
+    base = d * h + h + h * h + h + h                        # the last layer has no bias
+    assert rec["model"]["total"] == base == 1632 and p["total"] == base + 128
+    assert 0 < p["changed"] <= h * h + h == 1056            # at most fc2's weight and bias
+    assert p["delta_rank"] == {"fc2.weight": r}
+    m = rec["metrics"]
+    for key in ("toy/uniform_acc_before", "toy/gaussian_acc_before", "toy/gaussian_acc_after", "toy/uniform_acc_after"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["toy/gaussian_acc_after"] == m["val/acc"] and m["toy/gaussian_acc_before"] == m["val/acc_before"]
+    stage = rec["stages"]["base"]
+    assert stage["method"] == "full" and stage["budget"]["optimizer_steps"] == 3 * 8  # 2,000 points / 256
+    assert rec["budget"]["optimizer_steps"] == 2 * 8
+
+    again = toy_run(out="again")  # same seed: the base stage is found finished, the run repeats exactly
+    assert again["stages"]["base"]["skipped"] and again["stages"]["base"]["run_id"] == stage["run_id"]
+    assert {k: v for k, v in again["metrics"].items() if "loss" not in k} == \
+           {k: v for k, v in m.items() if "loss" not in k}
+    other = toy_run("seed=2", out="seed2")
+    assert other["stages"]["base"]["run_id"] != stage["run_id"]
+
+
+def test_base_stage_refusals_name_the_option(compose_run, tmp_path):
+    from peftbench.config.stages import stage_config
+    from peftbench.errors import ConfigError
+
+    for bad, option in (("+base_stage.oops=1", "base_stage.oops"), ("base_stage.method=nope", "base_stage.method"),
+                        ("+base_stage.set.paths.cache_dir=/x", "base_stage.set.paths.cache_dir")):
+        cfg = compose_run("experiment=seed004_toy_lora", bad, out=tmp_path / "x")
+        with pytest.raises(ConfigError) as e:
+            stage_config(cfg)
+        assert e.value.option == option

@@ -38,7 +38,7 @@ def test_logger_many_writes_wandb_offline_tensorboard_and_csv(compose_run, tmp_p
 
 
 def test_wandb_goes_offline_without_api_key(tmp_path, monkeypatch):
-    from peftbench.trackers import wandb_mode
+    from peftbench.run.trackers import wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

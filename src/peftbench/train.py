@@ -7,180 +7,65 @@ that status, so a sweep records the failure and goes on (and a relaunch skips fi
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from peftbench import results
-from peftbench.errors import ConfigError, PeftbenchError
+from peftbench.config.paths import conf_dir
+from peftbench.config.plan import make_plan
+from peftbench.config.stages import stage_config, stage_model_dir
+from peftbench.run.pipeline import execute
 
 log = logging.getLogger("peftbench")
 
 
-def conf_dir() -> Path:
-    """conf/ beside src/ (editable install, repo checkout) unless PEFTBENCH_CONF_DIR says otherwise."""
-    env = os.environ.get("PEFTBENCH_CONF_DIR")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "conf", here.parent / "conf"):
-        if (cand / "train.yaml").exists():
-            return cand
-    raise FileNotFoundError("peftbench conf/ not found: set PEFTBENCH_CONF_DIR")
-
-
-def _container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-
-
-def _rank() -> int:
-    for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(k):
-            return int(os.environ[k])
-    return 0
-
-
-def env_info() -> dict[str, Any]:
-    import platform
-    import subprocess
-
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu_count": os.cpu_count(), "hostname": platform.node()}
-    from importlib.metadata import PackageNotFoundError, version
-
-    # package metadata, not imports: importing bitsandbytes alone pulls in torch inductor (seconds)
-    for mod, dist in (("torch", "torch"), ("lightning", "lightning"), ("transformers", "transformers"),
-                      ("peft", "peft"), ("hydra", "hydra-core"), ("datasets", "datasets"),
-                      ("bitsandbytes", "bitsandbytes")):
-        try:
-            info[mod] = version(dist)
-        except PackageNotFoundError:  # optional packages
-            info[mod] = None
-    try:
-        import torch
-
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:  # noqa: BLE001
-        info["device"] = "unknown"
-    try:
-        info["git_revision"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        info["git_revision"] = None
-    return info
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    try:
-        d = OmegaConf.select(cfg, "paths.output_dir", default=None)
-    except Exception:  # noqa: BLE001 - ${hydra:...} outside a Hydra app
-        d = None
-    if d is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            d = HydraConfig.get().runtime.output_dir
-        except Exception:  # noqa: BLE001
-            d = "outputs/run"
-    return Path(d)
-
-
-def check_writable(out: Path) -> None:
-    """A read-only or full output dir is found before training, not after it."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".peftbench-write-probe"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output dir {out} is not writable: {e.strerror}", option="hydra.run.dir") from e
-    import shutil
-
-    if shutil.disk_usage(out).free < 50 * 2**20:
-        raise ConfigError(f"output dir {out} has less than 50 MiB free", option="hydra.run.dir")
-
-
-def finished_record(out: Path, rid: str) -> dict[str, Any] | None:
-    path = out / results.FILENAME
-    if not path.exists():
-        return None
-    try:
-        rec = results.read(path)
-    except results.SchemaError:
-        return None
-    return rec if rec["run_id"] == rid and rec["status"] == "ok" else None
-
-
-def base_record(cfg: DictConfig, rid: str) -> dict[str, Any]:
-    c = _container(cfg)
-    return results.empty_record(
-        run_id=rid, config=c, seed=int(cfg.seed),
-        model={"family": c["model"].get("family", ""), "size": c["model_size"]["name"]},
-        method={"name": c["method"]["name"], "family": "", "hparams": {k: v for k, v in c["method"].items() if k != "name"}},
-        dataset={"name": c["dataset"]["name"], "task": c["dataset"].get("task")},
-        env={"trust_remote_code": bool(c["model"].get("trust_remote_code", False)), "world_size": 1},
-    )
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one configuration; always returns (and on rank 0 writes) a validated record."""
-    out = output_dir(cfg)
+    from peftbench.run import record
+
+    out = record.output_dir(cfg)
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = str(out)
-    rid = results.run_id(_container(cfg))
-    rec = base_record(cfg, rid)
-    done = finished_record(out, rid)
+    rid = results.run_id(record.container(cfg))
+    done = record.finished_record(out, rid)
     if done is not None:
         log.warning("skipping: %s already holds a finished run with run_id %s", out, rid)
-        done["skipped"] = True
-        return done
+        return {**done, "skipped": True}
     t_start = time.time()
-    try:
-        check_writable(out)
-        if cfg.get("study"):
-            from peftbench.run_study import run_study
 
-            rec.update(run_study(cfg))
-        else:
-            from peftbench.run_text import run_text
+    def stages() -> dict[str, Any]:
+        record.check_writable(out)
+        base = run_base_stage(cfg)
+        t0 = time.perf_counter()
+        plan = make_plan(cfg, out, run_id=rid)  # every refusal before weights load, once
+        plan_s = time.perf_counter() - t0
+        part = execute(plan, t_start=t0)
+        part.setdefault("timings", {})["plan_s"] = plan_s
+        if base is not None:
+            part["stages"] = {"base": base}
+        return part
 
-            part = run_text(cfg, out)
-            rec["env"].update(part.pop("env", {}))
-            rec.update(part)
-        rec["status"] = rec.get("status") or "ok"
-    except PeftbenchError as e:
-        rec.update(status="refused", error=str(e))
-        log.error("refused: %s", e)
-    except Exception as e:  # noqa: BLE001 - recorded, never lost; the sweep goes on
-        from peftbench.failures import classify
+    rec = record.run_stages(record.base_record(cfg, rid), stages)
+    return record.finish(rec, out, time.time() - t_start)
 
-        status = classify(e)
-        rec.update(status=status, error=f"{type(e).__name__}: {e}")
-        rec.setdefault("traceback", traceback.format_exc())
-        log.error("%s: %s", status, rec["error"])
-    from peftbench.trackers import finish_runs
 
-    finish_runs(ok=rec["status"] == "ok")  # a sequential multirun's next job gets its own tracker run
-    rec["timings"]["total_s"] = round(time.time() - t_start, 3)
-    if not rec["env"].get("python"):
-        rec["env"].update(env_info())
-    if _rank() == 0:
-        try:
-            results.write(out, rec)
-        except OSError as e:
-            log.error("could not write results.json to %s: %s", out, e)
-        try:
-            from peftbench.summary import render_summary
-
-            render_summary(rec, out)
-        except Exception as e:  # noqa: BLE001 - a display problem must never fail a finished run
-            log.warning("could not print the run summary: %s", e)
-    return rec
+def run_base_stage(cfg: DictConfig) -> dict[str, Any] | None:
+    """A two-stage run's first stage (config/stages.py): an ordinary run, skipped when it already
+    finished; its trained model becomes this run's base (``model.path``)."""
+    stage = stage_config(cfg)
+    if stage is None:
+        return None
+    log.info("base stage: %s", stage.paths.output_dir)
+    rec = train(stage)
+    if rec["status"] != "ok":
+        raise RuntimeError(f"the base stage in {stage.paths.output_dir} ended '{rec['status']}': {rec.get('error')}")
+    cfg.model.path = str(stage_model_dir(stage))
+    return {"run_id": rec["run_id"], "output_dir": str(stage.paths.output_dir), "method": rec["method"]["name"],
+            "dataset": rec["dataset"].get("name"), "metrics": rec["metrics"], "budget": rec.get("budget"),
+            "skipped": bool(rec.get("skipped"))}
 
 
 def _patch_lightning_hydra_relaunch() -> None:

@@ -11,8 +11,8 @@ import lightning as L
 import torch
 
 from peftbench.data.collate import LengthGroupedBatchSampler, PadCollator
-from peftbench.data.examples import SplitExamples, load_examples
-from peftbench.data.tokenize import tokenize_split
+from peftbench.data.examples import SplitExamples
+from peftbench.data.load import load_examples, tokenize
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -42,7 +42,7 @@ class TaskDataModule(L.LightningDataModule):
         t0 = time.perf_counter()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for name, ex in self.examples.items():
-            self.splits[name] = tokenize_split(ex, self.tokenizer, self.ds, self.cache_dir)
+            self.splits[name] = tokenize(ex, self.tokenizer, self.ds, self.cache_dir)
         if self.packing and "train" in self.splits:  # eval stays unpacked: metrics per example, as ever
             from peftbench.data.packing import pack_dataset
 
@@ -65,7 +65,13 @@ class TaskDataModule(L.LightningDataModule):
             "packed_train_rows": len(self.splits["train"]) if self.packing and "train" in self.splits else None,
         }
 
-    def collator(self) -> PadCollator:
+    def collator(self) -> Any:
+        if self.ds.get("generator"):  # feature vectors: stacked as they are
+            return None
+        if self.task == "image_text":  # images + captions (data/image_text.py)
+            from peftbench.data.image_text import CaptionCollator
+
+            return CaptionCollator()
         tok = self.tokenizer
         fixed = int(self.ds["max_length"]) if self.ds.get("padding") == "max_length" else None
         return PadCollator(tok.pad_token_id if tok.pad_token_id is not None else 0, 8, fixed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from peftbench.data.sources import column, load_hub, local_dir, read_rows, split_file
@@ -109,12 +108,9 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
     return out
 
 
-def load_examples(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
-    """All configured splits. A dataset with one file for LM text is split by ``val_fraction``."""
-    if ds.get("mix"):  # several sources at fixed ratios (data/mixing.py)
-        from peftbench.data.mixing import load_mix
-
-        return load_mix(ds, data_dir)
+def load_single(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
+    """All configured splits of one source (mixes: data/load.py). A dataset with one file for LM
+    text is split by ``val_fraction``."""
     splits = [s for s in SPLITS if s in ((ds.get("local") or {}).get("files") or {})] or ["train", "validation"]
     derive = ds.get("val_fraction") and "validation" not in ((ds.get("local") or {}).get("files") or {})
     # a validation split cut from the train file: cut the whole file first, then apply the limits, so

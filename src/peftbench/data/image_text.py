@@ -1,6 +1,12 @@
-"""Image–caption pairs from a local folder: ``images/`` + ``annotations.json`` or ``.csv`` with
-columns ``image_path`` (relative to the folder) and ``text``; plus a generator for a synthetic
-shapes-and-colours caption set so the image–text path runs offline and in tests.
+"""Image–caption pairs (task ``image_text``) from a local folder: ``images/`` + ``annotations.json`` or
+``.csv`` with columns ``image_path`` (relative to the folder) and ``text``; plus a generator for a
+synthetic shapes-and-colours caption set so the image–text path runs offline and in tests.
+
+``dataset.local.dir`` names the folder (absolute, or under the data dir); when it is null the
+synthetic set (``dataset.synthetic: {n, seed}``) is generated once into the cache. The last
+``val_fraction`` of the pairs is the validation split. Images are read and resized to
+``dataset.image_size`` when the DataModule sets up; batches are ``pixel_values`` + caption
+``labels`` (caption ids + EOS, padded with -100).
 
 ``python -m peftbench.data.image_text OUT_DIR --n 96`` writes such a folder.
 """
@@ -10,13 +16,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
+import shutil
 from pathlib import Path
+from typing import Any, Mapping
 
-from peftbench.errors import DataError
+from peftbench.config.checks import positive_int
+from peftbench.config.paths import cache_dir, data_root
+from peftbench.data.examples import SplitExamples, _subset
+from peftbench.data.tokenize import IGNORE
+from peftbench.errors import ConfigError, DataError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
+OPTION = "dataset.local.dir"
 
 
 def read_annotations(folder: str | Path) -> list[tuple[Path, str]]:
@@ -26,23 +40,23 @@ def read_annotations(folder: str | Path) -> list[tuple[Path, str]]:
     if js.exists():
         src, rows = js, json.loads(js.read_text(encoding="utf-8"))
         if not isinstance(rows, list):
-            raise DataError(f"{js}: expected a JSON list of {{image_path, text}} objects", option="image_text.data_dir")
+            raise DataError(f"{js}: expected a JSON list of {{image_path, text}} objects", option=OPTION)
     elif cs.exists():
         src = cs
         with cs.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     else:
-        raise DataError(f"{folder} has neither annotations.json nor annotations.csv", option="image_text.data_dir")
+        raise DataError(f"{folder} has neither annotations.json nor annotations.csv", option=OPTION)
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not row.get("image_path") or row.get("text") in (None, ""):
-            raise DataError(f"{src} row {i}: needs non-empty 'image_path' and 'text'", option="image_text.data_dir")
+            raise DataError(f"{src} row {i}: needs non-empty 'image_path' and 'text'", option=OPTION)
         img = folder / str(row["image_path"])
         if not img.is_file():
-            raise DataError(f"{src} row {i}: image '{row['image_path']}' not found ({img})", option="image_text.data_dir")
+            raise DataError(f"{src} row {i}: image '{row['image_path']}' not found ({img})", option=OPTION)
         out.append((img, str(row["text"])))
     if not out:
-        raise DataError(f"{src} lists no examples", option="image_text.data_dir")
+        raise DataError(f"{src} lists no examples", option=OPTION)
     return out
 
 
@@ -85,6 +99,70 @@ def load_pixels(paths: list[Path], image_size: int):
     arrs = [np.asarray(Image.open(p).convert("RGB").resize((image_size, image_size)), dtype=np.float32) for p in paths]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 255.0
     return (x - 0.5) / 0.5
+
+
+def image_folder(ds: Mapping[str, Any], data_dir: str | None) -> Path:
+    """The named folder (refused when missing), or the synthetic set, generated once into the cache
+    (atomically: parallel runs of a sweep may ask at the same time)."""
+    sub = (ds.get("local") or {}).get("dir")
+    if sub:
+        p = Path(str(sub)).expanduser()
+        root = data_root(data_dir)
+        p = p if p.is_absolute() or root is None else root / p
+        if not p.is_dir():
+            raise DataError(f"image folder {p} does not exist", option=OPTION)
+        return p
+    syn = ds.get("synthetic") or {}
+    n = positive_int(syn.get("n", 96), "dataset.synthetic.n")
+    seed, size = int(syn.get("seed", 0)), positive_int(ds.get("image_size", 32), "dataset.image_size")
+    out = cache_dir() / "image_text" / f"shapes-v2-n{n}-s{size}-seed{seed}"
+    if not (out / "annotations.json").exists():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        make_shapes_dataset(tmp, n, seed, size)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_image_text(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
+    """train/validation splits of (image path, caption); missing files refused by row, before any
+    weight loads. The last ``val_fraction`` of the pairs is held out; limits apply after the cut."""
+    folder = image_folder(ds, data_dir)
+    pairs = read_annotations(folder)
+    n_val = max(2, int(len(pairs) * float(ds.get("val_fraction") or 0.25)))
+    if len(pairs) < n_val + 2:
+        raise ConfigError(f"{folder} has {len(pairs)} examples; need at least {n_val + 2} (train + validation)",
+                          option=OPTION)
+    src = str(folder / ("annotations.json" if (folder / "annotations.json").exists() else "annotations.csv"))
+    seed, out = int(ds.get("subset_seed", 0)), {}
+    for name, part, limit in (("train", pairs[:-n_val], ds.get("train_limit")),
+                              ("validation", pairs[-n_val:], ds.get("val_limit"))):
+        keep = [part[i] for i in _subset(len(part), limit, seed)]
+        out[name] = SplitExamples(name, src, {"image_path": [str(p) for p, _ in keep], "text": [t for _, t in keep]})
+    return out
+
+
+def encode_split(ex: SplitExamples, tok: Any, ds: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of ``pixel_values`` (3, S, S) and caption ``labels`` (ids cut to max_length - 1, + EOS);
+    captions cut short are counted in ``ex.truncated`` (results.json ``dataset.truncated``)."""
+    size, max_len = int(ds.get("image_size", 32)), int(ds.get("max_length", 16))
+    pixels = load_pixels([Path(p) for p in ex.columns["image_path"]], size)
+    ids = tok(list(ex.columns["text"]), add_special_tokens=False)["input_ids"]
+    ex.truncated = sum(len(x) >= max_len for x in ids)
+    return [{"pixel_values": px, "labels": x[: max_len - 1] + [tok.eos_token_id]} for px, x in zip(pixels, ids)]
+
+
+class CaptionCollator:
+    """Stack the images; pad the captions to the batch's longest with -100 (ignored by the loss)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        n = max(len(r["labels"]) for r in rows)
+        return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+                "labels": torch.tensor([r["labels"] + [IGNORE] * (n - len(r["labels"])) for r in rows])}
 
 
 def main(argv: list[str] | None = None) -> None:

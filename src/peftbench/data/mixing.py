@@ -23,7 +23,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from peftbench.data.examples import SplitExamples
+from peftbench.config.checks import positive, positive_int
+from peftbench.config.paths import dataset_config
+from peftbench.data.examples import SplitExamples, load_single
+from peftbench.data.tokenize import tokenize_split
 from peftbench.errors import ConfigError
 
 
@@ -51,14 +54,10 @@ def _source_config(entry: Any, i: int, mix_ds: Mapping[str, Any]) -> tuple[dict[
     opt = f"dataset.mix[{i}]"
     if not isinstance(entry, Mapping) or "dataset" not in entry or "weight" not in entry:
         raise ConfigError("each mix entry needs {dataset: NAME, weight: W}", option=opt)
-    w = entry["weight"]
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-        raise ConfigError(f"weight must be > 0, got {w!r}", option=f"{opt}.weight")
+    w = positive(entry["weight"], f"{opt}.weight")
     if isinstance(entry["dataset"], Mapping):
         ds = dict(entry["dataset"])
     else:
-        from peftbench.forgetting import dataset_config
-
         ds = dataset_config(str(entry["dataset"]), option=f"{opt}.dataset")
     if ds.get("mix"):
         raise ConfigError("a mix source cannot itself be a mix", option=f"{opt}.dataset")
@@ -81,20 +80,17 @@ def _source_config(entry: Any, i: int, mix_ds: Mapping[str, Any]) -> tuple[dict[
 
 def load_mix(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
     """Read and check every source (before weights load). Validation/test = the first source's."""
-    from peftbench.data.examples import load_examples
-
     mix = ds.get("mix")
     if not isinstance(mix, (list, tuple)) or not mix:
         raise ConfigError("must be a non-empty list of {dataset, weight}", option="dataset.mix")
     sources = [_source_config(e, i, ds) for i, e in enumerate(mix)]
     total = sum(w for _, w in sources)
-    loaded = [(sds, w / total, load_examples(sds, data_dir)) for sds, w in sources]
+    loaded = [(sds, w / total, load_single(sds, data_dir)) for sds, w in sources]
     parts = [MixSource(sds, w, ex["train"]) for sds, w, ex in loaded]
     size = ds.get("mix_size")
     if size is None:
         size = round(len(parts[0].examples) / parts[0].weight)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ConfigError(f"must be a positive integer, got {size!r}", option="dataset.mix_size")
+    positive_int(size, "dataset.mix_size")
     if ds.get("train_limit"):
         size = min(size, int(ds["train_limit"]))
     label = "+".join(f"{p.ds['name']}:{p.weight:.3g}" for p in parts)
@@ -129,8 +125,6 @@ def draw(n_available: int, n: int, rng: random.Random) -> list[int]:
 def tokenize_mix(mixed: MixedSplit, tok, cache_dir) -> Any:
     """Tokenize each source with its own config (cached), then sample and shuffle with the mix seed."""
     import datasets
-
-    from peftbench.data.tokenize import tokenize_split
 
     keep = ["input_ids", "attention_mask", "labels"]
     if not mixed.shuffle:

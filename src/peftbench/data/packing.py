@@ -25,7 +25,7 @@ from peftbench.data.tokenize import IGNORE
 from peftbench.errors import ConfigError
 
 
-def check_packing(cfg: DictConfig) -> None:
+def check_packing(cfg: DictConfig, method: Any = None) -> None:
     """``dataset.packing`` is for causal-LM SFT with methods that leave positions alone."""
     if not OmegaConf.select(cfg, "dataset.packing", default=False):
         return
@@ -37,9 +37,10 @@ def check_packing(cfg: DictConfig) -> None:
     if cfg.dataset.get("padding") == "max_length":
         raise ConfigError("packing fills rows up to dataset.max_length itself; use padding: dynamic",
                           option="dataset.padding")
-    from peftbench.methods.registry import get_method
+    if method is None:
+        from peftbench.methods.registry import get_method
 
-    method = get_method(cfg.method.name)
+        method = get_method(cfg.method.name)
     if getattr(method, "num_virtual_tokens", None) is not None or not getattr(method, "supports_grad_checkpointing", True):
         # prompt learning prepends virtual tokens / key-value prefixes: position resets and the
         # block-diagonal mask no longer line up with the inputs

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from peftbench.config.paths import data_root
 from peftbench.errors import ConfigError, DataError
-
-
-def data_root(cfg_data_dir: str | None) -> Path | None:
-    d = os.environ.get("PEFTBENCH_DATA_DIR") or cfg_data_dir
-    return Path(d).expanduser() if d else None
 
 
 def local_dir(ds: Mapping[str, Any], data_dir: str | None) -> Path | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import logging
+import os
 from typing import Any, Mapping
 
 from peftbench.data.examples import SplitExamples
@@ -112,10 +112,6 @@ def tokenize_split(ex: SplitExamples, tok, ds: Mapping[str, Any], cache_dir) -> 
     import datasets
 
     datasets.disable_progress_bars()
-    if hasattr(ex, "parts"):  # a mix of sources (data/mixing.py): each tokenized with its own config
-        from peftbench.data.mixing import tokenize_mix
-
-        return tokenize_mix(ex, tok, cache_dir)
     task, max_len = ds["task"], int(ds.get("max_length", 128))
     key = _cache_key(ex, tok, ds)
     cache_file = str(cache_dir / f"{ds['name']}-{ex.split}-{key}.arrow")

@@ -1,13 +1,12 @@
 """The method- and task-agnostic LightningModule.
 
-It never names a method: it receives a model (or a factory that builds and adapts one, so FSDP
-wraps the already adapted model in ``configure_model``), a Task, and the optimizer settings.
-Only parameters with ``requires_grad`` reach the optimizer.
+It never names a method or a task: it receives the adapted model (the method was applied before
+the Trainer exists, so FSDP wraps the adapted model), a Task, and the optimizer settings
+(lit/optim.py builds them).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import lightning as L
@@ -15,16 +14,15 @@ import torch
 import torchmetrics
 from torch import nn
 
+from peftbench.lit.optim import lr_factor, make_optimizer
 from peftbench.lit.tasks import Task
 
 
 class PeftLitModule(L.LightningModule):
-    def __init__(self, model: nn.Module | None, task: Task, optim: dict[str, Any],
-                 model_factory: Callable[[], nn.Module] | None = None,
+    def __init__(self, model: nn.Module, task: Task, optim: dict[str, Any],
                  step_hook: Callable[[nn.Module, int], None] | None = None):
         super().__init__()
         self.model = model
-        self.model_factory = model_factory
         self.task = task
         self.optim = dict(optim)
         self.step_hook = step_hook
@@ -32,10 +30,6 @@ class PeftLitModule(L.LightningModule):
         self.test_metrics = task.metrics()
         self.val_loss = torchmetrics.MeanMetric()
         self.test_loss = torchmetrics.MeanMetric()
-
-    def configure_model(self) -> None:
-        if self.model is None and self.model_factory is not None:
-            self.model = self.model_factory()
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -52,7 +46,7 @@ class PeftLitModule(L.LightningModule):
             # without sync_dist: no cross-rank sync. prog_bar only when a bar is drawn: Lightning turns
             # progress-bar metrics into Python floats (.item(), a device sync) on every step it sees them.
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=self._has_bar(),
-                     batch_size=batch["input_ids"].shape[0])
+                     batch_size=self.task.rows(batch))
         return loss
 
     def _has_bar(self) -> bool:
@@ -77,17 +71,12 @@ class PeftLitModule(L.LightningModule):
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_step(self, batch, metrics, loss_metric):
-        loss, preds, target = self.task.step(self.model, batch)
-        weight = (batch["labels"][:, 1:] != -100).sum() if batch["labels"].dim() == 2 else batch["labels"].numel()
+        loss, weight = self.task.evaluate(self.model, batch, metrics)
         loss_metric.update(loss.detach(), weight)
-        for m in metrics.values():
-            m.update(preds, target)
 
     def _eval_end(self, prefix, metrics, loss_metric):
         loss = loss_metric.compute()
-        out = {f"{prefix}/loss": loss}
-        if self.task.name == "causal_lm":
-            out[f"{prefix}/ppl"] = torch.exp(loss.clamp(max=50))
+        out = {f"{prefix}/loss": loss, **{f"{prefix}/{k}": v for k, v in self.task.from_loss(loss).items()}}
         for k, m in metrics.items():
             out[f"{prefix}/{k}"] = m.compute()
             m.reset()
@@ -108,35 +97,9 @@ class PeftLitModule(L.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        name = o.get("name", "adamw")
-        if name == "adamw":
-            kw: dict[str, Any] = {"lr": o["lr"], "weight_decay": o.get("weight_decay", 0.0),
-                                  "betas": tuple(o.get("betas", (0.9, 0.999))), "eps": o.get("eps", 1e-8)}
-            if o.get("fused"):  # one kernel for all tensors; CUDA, and CPU since torch 2.4
-                kw["fused"] = True
-            opt = torch.optim.AdamW(params, **kw)
-        elif name == "sgd":
-            opt = torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.9), weight_decay=o.get("weight_decay", 0.0))
-        elif name == "paged_adamw_8bit":
-            import bitsandbytes as bnb
-
-            opt = bnb.optim.PagedAdamW8bit(params, lr=o["lr"], weight_decay=o.get("weight_decay", 0.0))
-        else:
-            raise ValueError(f"unknown optimizer {name}")
-        sched = o.get("scheduler", "linear")
-        if sched in (None, "constant"):
-            return opt
+        opt = make_optimizer(self.model.parameters(), self.optim)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = int(o.get("warmup_ratio", 0.0) * total)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / max(1, warm)
-            progress = (step - warm) / max(1, total - warm)
-            if sched == "cosine":
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-            return max(0.0, 1.0 - progress)
-
+        factor = lr_factor(self.optim.get("scheduler", "linear"), total, self.optim.get("warmup_ratio", 0.0))
+        if factor is None:
+            return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}

@@ -210,6 +210,38 @@ def delta_rank(delta: Mapping[str, torch.Tensor], tol: float | None = None) -> d
     return out
 
 
+def trainable_names(model: nn.Module) -> set[str]:
+    """Normalised names of the parameters the optimizer updated directly (e.g. a head in
+    ``modules_to_save``): their change is training, not a low-rank update, so ΔW leaves them out."""
+    return {normalize_name(n) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merged_delta_rank(final: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+                      exclude: set[str] = frozenset()) -> dict[str, int]:
+    """Rank of ΔW = merged − base for every matrix the merge changed (any mergeable method).
+
+    The merge rounded ``W + ΔW`` to the weights' dtype, so the difference carries rounding noise
+    of up to half an ulp of the larger weight per entry; singular values under that noise's
+    spectral bound (``eps · max|W| · sqrt(m·n)``) are not counted. Computed in float64.
+    """
+    base_n = {normalize_name(k): v for k, v in base.items()}
+    out: dict[str, int] = {}
+    with torch.no_grad():
+        for name, t in final.items():
+            key = normalize_name(name)
+            b = base_n.get(key)
+            if key in exclude or b is None or is_quantized_4bit(t) or t.ndim < 2 or t.shape != b.shape:
+                continue
+            f64, b64 = t.detach().to("cpu", torch.float64), b.detach().to("cpu", torch.float64)
+            d = (f64 - b64).reshape(t.shape[0], -1)
+            if not d.any():
+                continue
+            eps = torch.finfo(t.dtype).eps if t.dtype.is_floating_point else 0.0
+            noise = eps * max(f64.abs().max().item(), b64.abs().max().item()) * (d.shape[0] * d.shape[1]) ** 0.5
+            out[key] = int(torch.linalg.matrix_rank(d, atol=noise).item())
+    return out
+
+
 def lora_delta_weights(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     """ΔW = B·A·scaling for each peft LoRA layer, keyed by the base weight's normalised name.
 

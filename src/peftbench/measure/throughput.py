@@ -31,17 +31,18 @@ def _percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def _batch_size(batch: Any) -> int:
+def batch_size(batch: Any) -> int:
+    """Examples in a batch: rows of input_ids, else of its first tensor (features, pixels)."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.ndim else 1
     if isinstance(batch, Mapping):
         if "input_ids" in batch:
-            return _batch_size(batch["input_ids"])
+            return batch_size(batch["input_ids"])
         for v in batch.values():
             if isinstance(v, torch.Tensor):
-                return _batch_size(v)
+                return batch_size(v)
     if isinstance(batch, (list, tuple)) and batch:
-        return _batch_size(batch[0])
+        return batch_size(batch[0])
     return 0
 
 
@@ -89,7 +90,7 @@ class ThroughputCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._pending_samples += _batch_size(batch)
+        self._pending_samples += batch_size(batch)
         if isinstance(batch, Mapping):
             ids = batch.get("input_ids")
             if isinstance(ids, torch.Tensor):
@@ -276,3 +277,31 @@ def inference_overhead(adapted_latency: float, base_latency: float) -> float:
     if base_latency <= 0:
         raise ValueError(f"inference_overhead: base_latency must be > 0, got {base_latency}")
     return adapted_latency / base_latency - 1.0
+
+
+def head_rows(batch: Any, k: int) -> Any:
+    """The first ``k`` rows of a batch: latency is a per-forward ratio, and timing a full eval
+    batch 45 times cost more than a small run's training."""
+    if isinstance(batch, Mapping):
+        return {n: (v[:k] if torch.is_tensor(v) and v.dim() > 0 else v) for n, v in batch.items()}
+    return batch
+
+
+def batch_rows(batch: Any) -> int | None:
+    t = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), None) if isinstance(batch, Mapping) else None
+    return int(t.shape[0]) if t is not None else None
+
+
+def compare_latencies(models: Mapping[str, nn.Module], batch: Any, rounds: int = 3) -> dict[str, float]:
+    """Forward latency of ``adapted`` vs ``base`` (vs ``merged``) on the same batch, interleaved
+    round by round so machine noise hits all of them alike; medians over rounds."""
+    lat: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            lat[k].append(inference_latency(m, batch, n=3, warmup=1))
+    med = {k: statistics.median(v) for k, v in lat.items()}
+    out = {"eval_latency_s": med["adapted"], "base_latency_s": med["base"],
+           "inference_overhead": inference_overhead(med["adapted"], med["base"])}
+    if "merged" in med:
+        out.update(merged_latency_s=med["merged"], merged_inference_overhead=inference_overhead(med["merged"], med["base"]))
+    return out

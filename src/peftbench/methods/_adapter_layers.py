@@ -1,5 +1,6 @@
-"""Shared pieces for our own (non-peft) methods: bottleneck adapters, forward-hook insertion,
-architecture fallback tables, and finding the list of transformer blocks by duck typing.
+"""Shared pieces for our own (non-peft) methods: bottleneck adapters, forward-hook insertion, the
+family's insertion points (``targets`` in conf/model/<family>.yaml, carried by the apply context),
+and finding the list of transformer blocks by duck typing.
 
 Why hooks instead of wrapper modules: a forward hook on e.g. ``attention.output.dense`` adds the
 adapter without renaming any base parameter, so the frozen base keeps its exact state-dict names
@@ -20,39 +21,17 @@ from torch import nn
 from peftbench.errors import ConfigError
 from peftbench.methods.base import ApplyContext, matching_modules
 
-# Per-architecture insertion points, used when the model family leaves ctx.targets keys out.
-#   attn_out: the attention output projection (Houlsby's first adapter sits after it)
-#   ffn_out:  the FFN output projection (Houlsby's second / Pfeiffer's only adapter)
-#   ffn_in:   the module whose *input* is the FFN input (parallel adapters read it)
-#   norms:    the layer norms Houlsby makes trainable
-FALLBACK_TARGETS: dict[str, dict[str, list[str]]] = {
-    "bert": {"attn_out": ["attention.output.dense"], "ffn_out": ["output.dense"], "ffn_in": ["intermediate"],
-             "norms": ["LayerNorm"], "attention": ["query", "value"]},
-    "roberta": {"attn_out": ["attention.output.dense"], "ffn_out": ["output.dense"], "ffn_in": ["intermediate"],
-                "norms": ["LayerNorm"], "attention": ["query", "value"]},
-    "gpt2": {"attn_out": ["attn.c_proj"], "ffn_out": ["mlp.c_proj"], "ffn_in": ["mlp"],
-             "norms": ["ln_1", "ln_2", "ln_f"], "attention": ["c_attn"]},
-    "llama": {"attn_out": ["self_attn.o_proj"], "ffn_out": ["mlp.down_proj"], "ffn_in": ["mlp"],
-              "norms": ["input_layernorm", "post_attention_layernorm", "norm"], "attention": ["q_proj", "v_proj"]},
-}
-FALLBACK_TARGETS["qwen2"] = FALLBACK_TARGETS["llama"]
-FALLBACK_TARGETS["mistral"] = FALLBACK_TARGETS["llama"]
-
-# Model types whose attention accepts past key/values (needed by prefix-style methods).
-PAST_KV_MODEL_TYPES = {"bert", "roberta", "gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt", "bloom", "gemma",
-                       "phi", "phi3", "falcon", "t5", "bart"}
-
 
 def arch_targets(ctx: ApplyContext, key: str) -> list[str]:
-    """ctx.targets[key] if the model family declares it, else our table for ctx.model_type."""
-    if key in ctx.targets and ctx.targets[key]:
+    """The family's insertion point ``key`` (conf/model/<family>.yaml ``targets``):
+      attn_out: the attention output projection (Houlsby's first adapter sits after it)
+      ffn_out:  the FFN output projection (Houlsby's second / Pfeiffer's only adapter)
+      ffn_in:   the module whose *input* is the FFN input (parallel adapters read it)"""
+    if ctx.targets.get(key):
         return list(ctx.targets[key])
-    table = FALLBACK_TARGETS.get(ctx.model_type, {})
-    if key in table:
-        return list(table[key])
     raise ConfigError(
-        f"no '{key}' insertion point known for model type '{ctx.model_type}'; the model family must declare "
-        f"targets.{key} (known types: {sorted(FALLBACK_TARGETS)})",
+        f"model family '{ctx.family}' declares no '{key}' insertion point; add targets.{key} to "
+        f"conf/model/{ctx.family}.yaml (it declares: {sorted(ctx.targets)})",
         option=f"model.targets.{key}",
     )
 

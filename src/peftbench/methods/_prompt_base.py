@@ -6,18 +6,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from peftbench.errors import ConfigError
-from peftbench.methods._adapter_layers import PAST_KV_MODEL_TYPES
 from peftbench.methods.base import ApplyContext, require_positive
 from peftbench.methods.peft_base import PeftMethod
 
 
 def check_prefix_support(ctx: ApplyContext, name: str) -> None:
     """Prefix-style methods feed learned key/values through the model's past-key-value input."""
-    if ctx.model_type not in PAST_KV_MODEL_TYPES:
+    if not ctx.past_key_values:
         raise ConfigError(
-            f"{name} feeds learned key/values through past_key_values; model type '{ctx.model_type}' is not "
-            f"known to accept them (known: {sorted(PAST_KV_MODEL_TYPES)}) — use method=prompt_tuning or lora",
-            option="method",
+            f"{name} feeds learned key/values through past_key_values; model family '{ctx.family}' "
+            f"({ctx.model_type}) does not declare `past_key_values: true` in its yaml — use "
+            "method=prompt_tuning or lora", option="method",
         )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from peftbench.errors import ConfigError
 from peftbench.methods import _adapter_layers as L
-from peftbench.methods.adapters import BottleneckAdapters
+from peftbench.methods._adapters import BottleneckAdapters
 from peftbench.methods.base import ApplyContext
 from peftbench.methods.registry import register_method
 

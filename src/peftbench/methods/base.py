@@ -10,43 +10,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
+from peftbench.config.checks import positive
 from peftbench.errors import ConfigError
+from peftbench.models.context import ApplyContext  # re-exported: methods and plugins import it from here
 
 FAMILIES = ("additive", "selective", "reparameterized", "hybrid")
 TASKS = ("classification", "causal_lm")
-
-
-@dataclass
-class ApplyContext:
-    """What a method may know about the model it adapts, resolved before any weight is loaded."""
-
-    task: str  # "classification" | "causal_lm"
-    model_type: str  # HF config.model_type, e.g. "bert", "gpt2", "llama"
-    family: str  # peftbench model family, e.g. "minilm"
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    max_positions: int
-    head_modules: list[str] = field(default_factory=list)  # task head names (classifier/score)
-    # Default target modules for this architecture: keys "attention" (q/v style), "attention_all",
-    # "ffn", "all_linear"; methods pick one when the user leaves target_modules null.
-    targets: dict[str, list[str]] = field(default_factory=dict)
-    layers_path: str = ""  # dotted path to the ModuleList of transformer blocks
-    hf_config: Any = None  # the transformers PretrainedConfig (no weights)
-    # Qualified module names of the task model, read off a meta-device build: lets methods refuse
-    # targets that match nothing before any weight is loaded.
-    module_names: list[str] = field(default_factory=list)
-
-    @property
-    def peft_task_type(self) -> str:
-        return "SEQ_CLS" if self.task == "classification" else "CAUSAL_LM"
 
 
 @dataclass
@@ -91,6 +67,15 @@ class Method:
                 f"method '{self.name}' does not support task '{ctx.task}' (supports {list(self.tasks)})",
                 option="method",
             )
+
+    def check_strategy(self, strategy: str) -> None:
+        """Refuse a distributed strategy (``ddp`` | ``fsdp``) this configuration cannot run under,
+        naming the option. Capabilities, not names: the strategy code never asks which method."""
+
+    def train_optimizer(self, optim: dict[str, Any]) -> dict[str, Any]:
+        """The optimizer block this method trains with: the run's, unless the method's paper
+        prescribes another (QLoRA's paged AdamW on CUDA). Recorded in results.json."""
+        return optim
 
     def load_kwargs(self, ctx: ApplyContext) -> dict[str, Any]:
         """Extra ``from_pretrained`` kwargs the method needs at load time (e.g. 4-bit quantization)."""
@@ -188,6 +173,4 @@ def resolve_targets(targets: list[str] | str | None, ctx: ApplyContext, default_
 def require_positive(**values: Any) -> None:
     """Refuse non-positive numeric hyper-parameters, naming the option."""
     for key, v in values.items():
-        # `not v > 0` (rather than `v <= 0`) also refuses NaN, which compares False with everything.
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf")):
-            raise ConfigError(f"must be a finite number > 0, got {v!r}", option=f"method.{key}")
+        positive(v, f"method.{key}")

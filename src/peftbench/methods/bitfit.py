@@ -26,10 +26,9 @@ class BitFit(Method):
 
     def check(self, ctx: ApplyContext) -> None:
         super().check(ctx)
-        cfg = ctx.hf_config
-        # Llama/Qwen-style blocks have no biases (Qwen2 only on q/k/v); refuse the empty case.
-        if cfg is not None and ctx.model_type == "llama" and not getattr(cfg, "attention_bias", False) \
-                and not getattr(cfg, "mlp_bias", False) and not self.train_head:
+        # Llama-style blocks have no biases (unless attention_bias / mlp_bias; Qwen2 only on q/k/v):
+        # the context read that off the meta-device build; refuse the empty case before loading.
+        if ctx.has_bias is False and not self.train_head:
             raise ConfigError("this model has no bias terms to train", option="method")
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:

@@ -21,7 +21,14 @@ from torch import nn
 
 from peftbench.errors import ConfigError
 from peftbench.methods import _adapter_layers as L
-from peftbench.methods.base import ApplyContext, Method, freeze, matching_modules, resolve_targets, unfreeze_modules
+from peftbench.methods.base import (
+    ApplyContext,
+    Method,
+    freeze,
+    matching_modules,
+    resolve_targets,
+    unfreeze_modules,
+)
 from peftbench.methods.registry import register_method
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from peftbench.methods.base import ApplyContext, Method
+from peftbench.methods.base import TASKS, ApplyContext, Method
 from peftbench.methods.registry import register_method
 
 
@@ -16,6 +16,7 @@ class Full(Method):
     family = "selective"  # selects everything: the degenerate end of the selective family
     summary = "all parameters train"
     freezes_base = False
+    tasks = TASKS + ("image_text",)  # every weight of any model
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:
         for p in model.parameters():

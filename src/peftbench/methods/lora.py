@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from peftbench.methods.base import ApplyContext, require_positive, resolve_targets
+from peftbench.methods.base import TASKS, ApplyContext, require_positive, resolve_targets
 from peftbench.methods.peft_base import PeftMethod
 from peftbench.methods.registry import register_method
 
@@ -22,6 +22,7 @@ class LoRA(PeftMethod):
     paper = "https://arxiv.org/abs/2106.09685"
     summary = "low-rank update BA on target matrices; base frozen; mergeable"
     supports_merge = True
+    tasks = TASKS + ("image_text",)  # any model with target matrices (image_text: the decoder's)
 
     r: int = 8
     alpha: float = 16

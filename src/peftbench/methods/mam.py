@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from peftbench.errors import ConfigError
 from peftbench.methods import _adapter_layers as L
 from peftbench.methods._prompt_base import check_prefix_support
 from peftbench.methods.base import ApplyContext, Method, require_positive
-from peftbench.errors import ConfigError
 from peftbench.methods.registry import register_method
 
 

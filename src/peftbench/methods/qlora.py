@@ -2,9 +2,11 @@
 
 Update rule: W' = deq(W0_NF4) + (alpha / r) · B A — the frozen base is stored in 4-bit NormalFloat
 with double quantisation (bitsandbytes), LoRA factors train in the compute dtype (bf16 on CUDA,
-fp32 on CPU). Paged 8-bit AdamW is the paper's optimizer: ``optimizer_override`` names it on CUDA
-(None on CPU, where paged optimizers do not exist); the LightningModule may honour it and the
-report says so (it breaks "same optimizer for every method").
+fp32 on CPU). Paged 8-bit AdamW is the paper's optimizer: ``train_optimizer()`` puts it in the run's
+optimizer block on CUDA (paged optimizers do not exist on CPU; ``method.optimizer: null`` keeps the
+run's), and results.json records it — it breaks "same optimizer for every method", visibly.
+Under FSDP the 4-bit weights must be stored in the compute dtype (``quant_storage``), or FSDP
+cannot flatten them with the adapters; ``check_strategy`` refuses otherwise.
 
 Not mergeable here: folding BA into 4-bit weights re-quantises them, so merged outputs differ.
 Note: 4-bit ``numel()`` counts half of each packed weight (Params4bit); count with measure/params.
@@ -60,6 +62,7 @@ class QLoRA(LoRA):
     double_quant: bool = True  # quantise the quantisation constants too
     use_gradient_checkpointing: bool = False  # recompute activations (saves memory; slower)
     optimizer: Any = "paged_adamw_8bit"  # used on CUDA only; null → the run's optimizer
+    quant_storage: Any = None  # bnb_4bit_quant_storage (e.g. bfloat16: FSDP needs the compute dtype)
 
     def check(self, ctx: ApplyContext) -> None:
         if not _bitsandbytes_available():
@@ -78,9 +81,27 @@ class QLoRA(LoRA):
     def compute_dtype() -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
-    @property
-    def optimizer_override(self) -> str | None:
-        return self.optimizer if (self.optimizer and torch.cuda.is_available()) else None
+    def train_optimizer(self, optim: dict[str, Any]) -> dict[str, Any]:
+        if self.optimizer and torch.cuda.is_available():
+            return {**optim, "name": self.optimizer, "fused": False}
+        return optim
+
+    def storage_dtype(self) -> torch.dtype | None:
+        if self.quant_storage is None:
+            return None
+        dt = getattr(torch, str(self.quant_storage).replace("torch.", ""), None)
+        if not isinstance(dt, torch.dtype):
+            raise ConfigError(f"unknown dtype {self.quant_storage!r} (e.g. bfloat16, float32, uint8)",
+                              option="method.quant_storage")
+        return dt
+
+    def check_strategy(self, strategy: str) -> None:
+        if strategy == "fsdp" and self.storage_dtype() != self.compute_dtype():
+            raise ConfigError(
+                f"QLoRA under FSDP needs bitsandbytes' bnb_4bit_quant_storage equal to the compute dtype "
+                f"({self.compute_dtype()}) so 4-bit weights can be flattened and sharded; this QLoRA config sets "
+                f"quant_storage={self.quant_storage!r}. Set method.quant_storage to the compute dtype, or use "
+                f"strategy=ddp / strategy=single", option="method.quant_storage")
 
     def load_kwargs(self, ctx: ApplyContext) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
@@ -89,6 +110,9 @@ class QLoRA(LoRA):
         if ctx.task == "classification" and ctx.head_modules:
             # the task head is new and trains (modules_to_save): it must stay unquantised
             extra["llm_int8_skip_modules"] = list(ctx.head_modules)
+        storage = self.storage_dtype()
+        if storage is not None:
+            extra["bnb_4bit_quant_storage"] = storage
         return {"quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=self.quant_type,
             bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=self.compute_dtype(), **extra,

@@ -1,9 +1,19 @@
-"""Method registry: built-ins register by decorator, plugins through the
-``peftbench.methods`` entry-point group (``pip install peftbench-foo`` makes ``method=foo`` work)."""
+"""Method registry. Built-ins are found the way plugins are, with no list to keep:
+
+- **built-in**: every public module of the ``peftbench.methods`` package (a name not starting with
+  ``_``) is imported, and the ``@register_method("<name>")`` decorators it runs register its
+  method. The convention, checked by tests/test_registry.py: one registered name per module, the
+  module named after it (``lora.py`` registers ``lora``); shared code lives in private ``_*.py``
+  helpers, and the shared bases (``base``, ``peft_base``) and this module register nothing. So an
+  in-tree method is two new files: ``src/peftbench/methods/<name>.py`` + ``conf/method/<name>.yaml``.
+- **plugin**: the ``peftbench.methods`` entry-point group (``pip install peftbench-foo`` makes
+  ``method=foo`` work); a built-in of the same name wins.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable
 
@@ -13,14 +23,6 @@ if TYPE_CHECKING:
     from peftbench.methods.base import Method
 
 _METHODS: dict[str, type["Method"]] = {}
-# Built-in method modules, imported lazily so `peftbench list` and the registry stay cheap.
-_BUILTIN_MODULES = [
-    "full", "head_only", "bitfit", "layers", "diff_pruning",
-    "lora", "adalora", "qlora", "lora_variants",
-    "prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2",
-    "adapters", "adapter_drop", "adapter_fusion", "ia3",
-    "mam", "unipelt", "peft_generic",
-]
 _loaded = False
 
 
@@ -35,21 +37,24 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
     return deco
 
 
+def builtin_modules() -> list[str]:
+    """The public modules of the ``peftbench.methods`` package, by name."""
+    pkg = importlib.import_module("peftbench.methods")
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+
 def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"peftbench.methods.{mod}")
-        except ModuleNotFoundError as e:  # a built-in not written yet must not break the others
-            if e.name != f"peftbench.methods.{mod}":
-                raise
+    for mod in builtin_modules():
+        importlib.import_module(f"peftbench.methods.{mod}")
     for ep in entry_points(group="peftbench.methods"):
-        obj = ep.load()
-        if isinstance(obj, type) and ep.name not in _METHODS:
-            register_method(ep.name)(obj)
+        if ep.name not in _METHODS:
+            obj = ep.load()
+            if isinstance(obj, type):
+                register_method(ep.name)(obj)
+    _loaded = True
 
 
 def available_methods() -> list[str]:

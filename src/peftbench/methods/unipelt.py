@@ -25,10 +25,17 @@ from torch import nn
 from peftbench.errors import ConfigError
 from peftbench.methods import _adapter_layers as L
 from peftbench.methods._prompt_base import check_prefix_support
-from peftbench.methods.adapters import Pfeiffer
-from peftbench.methods.base import (ApplyContext, Method, freeze, matching_modules, require_positive,
-                                    resolve_targets, unfreeze_modules)
+from peftbench.methods.base import (
+    ApplyContext,
+    Method,
+    freeze,
+    matching_modules,
+    require_positive,
+    resolve_targets,
+    unfreeze_modules,
+)
 from peftbench.methods.mam import apply_prefix, check_prefix_len
+from peftbench.methods.pfeiffer import Pfeiffer
 from peftbench.methods.registry import register_method
 
 

@@ -6,7 +6,7 @@ architecture values, so ``peftbench params`` can build any size on the meta devi
 user would load a checkpoint).
 """
 
-from peftbench.models.spec import ModelSpec, resolve_spec
 from peftbench.models.loading import build_context, load_model, load_tokenizer, meta_model
+from peftbench.models.spec import ModelSpec, resolve_spec
 
 __all__ = ["ModelSpec", "resolve_spec", "build_context", "load_model", "load_tokenizer", "meta_model"]

@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from peftbench.config.paths import cache_dir
 from peftbench.errors import ConfigError
-from peftbench.methods.base import ApplyContext
+from peftbench.models import vision_text
+from peftbench.models.context import ApplyContext
 from peftbench.models.spec import AUTO_CLASSES, ModelSpec, resolve_path
 
 log = logging.getLogger(__name__)
@@ -23,14 +25,10 @@ TOKENIZER_ALIASES = {
 }
 
 
-def cache_dir() -> Path:
-    d = Path(os.environ.get("PEFTBENCH_CACHE_DIR", Path.home() / ".cache" / "peftbench"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def _transformers():
     import transformers
+
+    import peftbench.models.toy_mlp  # noqa: F401 - registers the toy_mlp model type with the Auto classes
 
     transformers.logging.set_verbosity_error()
     return transformers
@@ -50,7 +48,14 @@ def _load_gguf_tokenizer(ref: str):
 
 
 def load_tokenizer(spec: ModelSpec):
+    """The family's tokenizer; None for a family whose inputs are not text (``tokenizer: none``)."""
     tf = _transformers()
+    if spec.tokenizer == "none":
+        return None
+    if spec.from_config and spec.tokenizer and spec.tokenizer.startswith("bpe:"):  # trained here, on a corpus
+        from peftbench.models.bpe import load_bpe
+
+        return load_bpe(spec.tokenizer, spec.arch.get("vocab_size"))
     sources: list[str] = []
     if spec.tokenizer:
         sources += TOKENIZER_ALIASES.get(spec.tokenizer, [spec.tokenizer])
@@ -86,13 +91,16 @@ def hf_config(spec: ModelSpec, task: str, num_labels: int, vocab_size: int | Non
               pad_token_id: int | None = None):
     """The architecture config from the family table (no file or network access)."""
     tf = _transformers()
+    if task == "image_text":  # an encoder + decoder pair (models/vision_text.py)
+        return vision_text.vlm_config(spec, vocab_size if spec.from_config else None, pad_token_id)
     arch = dict(spec.arch)
     if vocab_size is not None and spec.from_config:
         arch["vocab_size"] = vocab_size
     try:
         cfg = tf.AutoConfig.for_model(spec.model_type, **arch)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"bad architecture values for {spec.family}/{spec.size}: {e}", option="model.sizes") from e
+        raise ConfigError(f"bad architecture values for {spec.family}/{spec.size}: {str(e)[:300]}",
+                          option="model.sizes") from e
     if task == "classification":
         cfg.num_labels = num_labels
     if pad_token_id is not None:
@@ -116,14 +124,12 @@ def meta_model(spec: ModelSpec, task: str, num_labels: int = 2):
         return _auto_class(task).from_config(cfg)
 
 
-# Position ids start after the padding index in these architectures (RoBERTa's fairseq heritage):
-# with 514 embeddings and pad id 1, the longest usable sequence is 512.
-PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
-
-
-def usable_positions(cfg: Any) -> int:
+def usable_positions(cfg: Any, after_padding: bool = False) -> int:
+    """The longest input the position table allows. Where position ids start after the padding
+    index (the family's ``positions_after_padding``: RoBERTa's fairseq heritage), 514 embeddings
+    with pad id 1 leave 512."""
     n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 512
-    if getattr(cfg, "model_type", "") in PADDING_OFFSET_POSITIONS:
+    if after_padding:
         pad = getattr(cfg, "pad_token_id", None)
         n -= (1 if pad is None else int(pad)) + 1
     return int(n)
@@ -133,8 +139,11 @@ def build_context(spec: ModelSpec, task: str, num_labels: int = 2, module_names:
     if task not in spec.tasks:
         raise ConfigError(f"model family '{spec.family}' does not support task '{task}'", option="model")
     cfg = hf_config(spec, task, num_labels)
+    has_bias = None
     if module_names is None:
-        module_names = [n for n, _ in meta_model(spec, task, num_labels).named_modules()]
+        meta = meta_model(spec, task, num_labels)
+        module_names = [n for n, _ in meta.named_modules()]
+        has_bias = any(n.endswith(".bias") for n, _ in meta.named_parameters())
 
     def get(*names: str, default: Any = 0) -> Any:
         for n in names:
@@ -150,9 +159,12 @@ def build_context(spec: ModelSpec, task: str, num_labels: int = 2, module_names:
         num_layers=int(get("num_hidden_layers", "n_layer")),
         hidden_size=int(get("hidden_size", "n_embd")),
         num_heads=int(get("num_attention_heads", "n_head")),
-        max_positions=usable_positions(cfg),
+        max_positions=usable_positions(cfg, spec.positions_after_padding),
         head_modules=list(spec.head_modules.get(task, [])),
         targets={k: list(v) for k, v in spec.targets.items()},
+        conv1d=spec.conv1d,
+        past_key_values=spec.past_key_values,
+        has_bias=has_bias,
         layers_path=spec.layers_path.get(task, ""),
         hf_config=cfg,
         module_names=module_names,
@@ -170,11 +182,11 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
     then loaded with ``from_pretrained`` like any checkpoint (so 4-bit loading works on them too)."""
     import torch
 
-    tf = _transformers()
+    _transformers()  # quiet, with peftbench's own model types registered
     auto = _auto_class(task)
     kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     kw.update(load_kwargs or {})
-    if attn_implementation:  # model.attn_implementation: eager | sdpa | flash_attention_2 (bench/knobs.py)
+    if attn_implementation:  # model.attn_implementation: eager | sdpa | flash_attention_2 (config/knobs.py)
         kw["attn_implementation"] = attn_implementation
     pad = tokenizer.pad_token_id if tokenizer is not None else None
     if spec.from_config:
@@ -203,6 +215,8 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
         ) from e
     if pad is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad
+    if task == "image_text" and tokenizer is not None:
+        vision_text.set_token_ids(model, tokenizer)
     return model
 
 

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 from peftbench.errors import ConfigError
 
-AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
+AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM",
+                "image_text": "AutoModelForImageTextToText"}  # image_text: VisionEncoderDecoder (vision_text.py)
 
 
 @dataclass
@@ -26,6 +27,10 @@ class ModelSpec:
     head_modules: dict[str, list[str]] = field(default_factory=dict)
     targets: dict[str, list[str]] = field(default_factory=dict)
     layers_path: dict[str, str] = field(default_factory=dict)
+    # Architecture facts of the family (its yaml), carried to methods by the ApplyContext:
+    conv1d: bool = False  # projections are transformers Conv1D (GPT-2)
+    past_key_values: bool = False  # attention accepts past key/values (prefix-style methods)
+    positions_after_padding: bool = False  # position ids start after the pad id (RoBERTa, MPNet)
     gguf_file: str | None = None
     trust_remote_code: bool = False
     tasks: tuple[str, ...] = ("classification", "causal_lm")
@@ -68,7 +73,7 @@ def joined_zip_dir(pattern: str, search: list[str] | None = None) -> Path | None
     import tempfile
     import zipfile
 
-    from peftbench.models.loading import cache_dir
+    from peftbench.config.paths import cache_dir
 
     parts: list[Path] = []
     for root in search if search is not None else sys.path:
@@ -129,7 +134,8 @@ def resolve_spec(model_cfg: Mapping[str, Any], size: str) -> ModelSpec:
     local = resolve_path(user_path) if user_path else resolve_path(s.get("local"))
     if user_path and local is None:
         raise ConfigError(f"model.path '{user_path}' does not exist", option="model.path")
-    from_config = bool(s.get("from_config", size == "tiny")) and not user_path
+    # from config (random init): tiny sizes, or every size when the family says so (pretraining here)
+    from_config = bool(s.get("from_config", mc.get("from_config") or size == "tiny")) and not user_path
     if not from_config and local is None and not s.get("checkpoint"):
         if s.get("make_with"):  # a size produced here (e.g. pretrained gpt2_local): say how to make it
             raise ConfigError(f"size '{size}' of '{family}' is not pretrained yet ({s.get('local')} is missing); "
@@ -148,6 +154,9 @@ def resolve_spec(model_cfg: Mapping[str, Any], size: str) -> ModelSpec:
         head_modules=dict(mc.get("head_modules") or {}),
         targets=dict(mc.get("targets") or {}),
         layers_path=dict(mc.get("layers_path") or {}),
+        conv1d=bool(mc.get("conv1d", False)),
+        past_key_values=bool(mc.get("past_key_values", False)),
+        positions_after_padding=bool(mc.get("positions_after_padding", False)),
         gguf_file=s.get("gguf_file"),
         trust_remote_code=bool(mc.get("trust_remote_code", False)),
         tasks=tuple(mc.get("tasks") or ("classification", "causal_lm")),

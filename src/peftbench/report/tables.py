@@ -52,23 +52,23 @@ def fmt_stat(st: Stat | None) -> str:
     return f"{fmt_float(st.mean, d)} ± {fmt_float(st.std, d)} ({st.n})"
 
 
-def fmt_count(x: float | None) -> str:
-    """Human-readable scalar count (1.23M); exact below 1000."""
+def _scaled(x: float | None, units: Sequence[tuple[float, str]], plain: str) -> str:
+    """``x`` in the largest unit it reaches (2 decimals), else exact with the ``plain`` suffix."""
     if x is None:
         return DASH
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for div, unit in units:
         if abs(x) >= div:
             return f"{x / div:.2f}{unit}"
-    return f"{x:.0f}"
+    return f"{x:.0f}{plain}"
+
+
+def fmt_count(x: float | None) -> str:
+    """Human-readable scalar count (1.23M); exact below 1000."""
+    return _scaled(x, ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")), "")
 
 
 def fmt_bytes(x: float | None) -> str:
-    if x is None:
-        return DASH
-    for div, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(x) >= div:
-            return f"{x / div:.2f} {unit}"
-    return f"{x:.0f} B"
+    return _scaled(x, ((1e12, " TB"), (1e9, " GB"), (1e6, " MB"), (1e3, " kB")), " B")
 
 
 def fmt_plain(x: float | None, digits: int = 1) -> str:
@@ -532,75 +532,102 @@ def _select(key: str, label: str, values: Sequence[str]) -> str:
             f'<option value="">all {_e(label)}</option>{opts}</select>')
 
 
-def to_html(coll: Collection, tables: Sequence[Table] | None = None,
-            images: Sequence[Path] = ()) -> str:
-    """One self-contained page: inline CSS/JS, sortable + filterable tables, base64 plots."""
-    tables = build_tables(coll) if tables is None else tables
+def _html_head(coll: Collection) -> list[str]:
+    """Page head, summary, notes and the filter bar (its choices cover failed runs too)."""
     g_all = coll.groups
     models = sorted({g.model_family for g in g_all} | {f.model_family for f in coll.failures})
     sizes = sorted({g.model_size for g in g_all} | {f.model_size for f in coll.failures})
     fams = sorted({g.method_family for g in g_all if g.method_family})
     dsets = sorted({g.dataset for g in g_all} | {f.dataset for f in coll.failures})
-    p = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width,initial-scale=1">',
-         '<title>peftbench report</title>', f'<style>{_CSS}</style></head><body>',
-         '<h1>peftbench report</h1>', f'<p>{_e(_summary(coll))}</p>',
-         f'<p class="note">{_e(PARAM_NOTE.replace("*", ""))} Metrics: mean ± sample std (n seeds); '
-         'best per column in bold. Click a header to sort.</p>',
-         '<div id="filters"><input id="q" type="search" placeholder="filter rows…">',
-         _select("model", "models", models), _select("size", "sizes", sizes),
-         _select("family", "method families", fams), _select("dataset", "datasets", dsets), '</div>']
+    return ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width,initial-scale=1">',
+            '<title>peftbench report</title>', f'<style>{_CSS}</style></head><body>',
+            '<h1>peftbench report</h1>', f'<p>{_e(_summary(coll))}</p>',
+            f'<p class="note">{_e(PARAM_NOTE.replace("*", ""))} Metrics: mean ± sample std (n seeds); '
+            'best per column in bold. Click a header to sort.</p>',
+            '<div id="filters"><input id="q" type="search" placeholder="filter rows…">',
+            _select("model", "models", models), _select("size", "sizes", sizes),
+            _select("family", "method families", fams), _select("dataset", "datasets", dsets), '</div>']
+
+
+def _html_row(t: Table, g: Group, row: list[Cell], cls: str) -> str:
+    """One result row: data-* attributes for the filters, data-v (the raw number) for sorting."""
+    attrs = (f' data-model="{_e(g.model_family)}" data-size="{_e(g.model_size)}"'
+             f' data-family="{_e(g.method_family)}" data-dataset="{_e(g.dataset)}"')
+    tds = []
+    for c, cell in zip(t.columns, row):
+        classes = (["num"] if c.numeric else []) + (["best"] if cell.best else [])
+        ca = f' class="{" ".join(classes)}"' if classes else ''
+        dv = f' data-v="{fmt_raw(cell.value)}"' if cell.value is not None else ''
+        tds.append(f'<td{ca}{dv}>{_e(cell.text)}</td>')
+    return f'<tr{cls}{attrs}>' + "".join(tds) + '</tr>'
+
+
+def _html_table(t: Table) -> list[str]:
+    """One (model, size, dataset) table with its notes; a rule where the method family changes."""
+    p = [f'<div class="block"><h3>{_e(t.dataset)}' + (f' ({_e(t.task)})' if t.task else '')
+         + '</h3><table><thead><tr>'
+         + "".join(f"<th>{_e(c.header)}</th>" for c in t.columns) + '</tr></thead><tbody>']
+    prev = None
+    for g, row in zip(t.groups, t.rows):
+        cls = ' class="fam-start"' if prev is not None and g.method_family != prev else ''
+        prev = g.method_family
+        p.append(_html_row(t, g, row, cls))
+    p.append('</tbody></table>')
+    for n in t.notes:
+        warn = " warn" if n.startswith("WARNING") else ""
+        p.append(f'<p class="note{warn}">{_e(n)}</p>')
+    p.append('</div>')
+    return p
+
+
+def _html_failures(coll: Collection) -> list[str]:
+    """Runs that did not finish: the error's first line shown, the whole error on hover."""
+    p = ['<div class="block"><h2>Runs that did not finish</h2><table><thead><tr>'
+         + "".join(f"<th>{_e(h)}</th>" for h in FAIL_HEADERS) + '</tr></thead><tbody>']
+    for f in coll.failures:
+        attrs = (f' data-model="{_e(f.model_family)}" data-size="{_e(f.model_size)}"'
+                 f' data-dataset="{_e(f.dataset)}"')
+        row = _fail_row(f)
+        row[7] = f.error.strip() or DASH
+        cells = []
+        for i, x in enumerate(row):
+            if i == 7:
+                cells.append(f'<td title="{_e(x)}">{_e(_first_line(x))}</td>')
+            else:
+                cells.append(f'<td>{_e(x)}</td>')
+        p.append(f'<tr{attrs}>' + "".join(cells) + '</tr>')
+    p.append('</tbody></table></div>')
+    return p
+
+
+def _html_plots(images: Sequence[Path]) -> list[str]:
+    p = ['<h2>Plots</h2>']
+    for img in images:
+        data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
+        p.append(f'<figure><img alt="{_e(img.stem)}" src="data:image/png;base64,{data}">'
+                 f'<figcaption>{_e(img.stem)}</figcaption></figure>')
+    return p
+
+
+def to_html(coll: Collection, tables: Sequence[Table] | None = None,
+            images: Sequence[Path] = ()) -> str:
+    """One self-contained page: inline CSS/JS, sortable + filterable tables, base64 plots."""
+    tables = build_tables(coll) if tables is None else tables
+    p = _html_head(coll)
     for (fam, size), ts in _blocks(tables):
         p.append(f'<div class="block"><h2>{_e(fam)} · {_e(size)}</h2>')
         for t in ts:
-            p.append(f'<div class="block"><h3>{_e(t.dataset)}' + (f' ({_e(t.task)})' if t.task else '')
-                     + '</h3><table><thead><tr>'
-                     + "".join(f"<th>{_e(c.header)}</th>" for c in t.columns) + '</tr></thead><tbody>')
-            prev = None
-            for g, row in zip(t.groups, t.rows):
-                cls = ' class="fam-start"' if prev is not None and g.method_family != prev else ''
-                prev = g.method_family
-                attrs = (f' data-model="{_e(g.model_family)}" data-size="{_e(g.model_size)}"'
-                         f' data-family="{_e(g.method_family)}" data-dataset="{_e(g.dataset)}"')
-                tds = []
-                for c, cell in zip(t.columns, row):
-                    classes = (["num"] if c.numeric else []) + (["best"] if cell.best else [])
-                    ca = f' class="{" ".join(classes)}"' if classes else ''
-                    dv = f' data-v="{fmt_raw(cell.value)}"' if cell.value is not None else ''
-                    tds.append(f'<td{ca}{dv}>{_e(cell.text)}</td>')
-                p.append(f'<tr{cls}{attrs}>' + "".join(tds) + '</tr>')
-            p.append('</tbody></table>')
-            for n in t.notes:
-                warn = " warn" if n.startswith("WARNING") else ""
-                p.append(f'<p class="note{warn}">{_e(n)}</p>')
-            p.append('</div>')
+            p += _html_table(t)
         p.append('</div>')
     if coll.failures:
-        p.append('<div class="block"><h2>Runs that did not finish</h2><table><thead><tr>'
-                 + "".join(f"<th>{_e(h)}</th>" for h in FAIL_HEADERS) + '</tr></thead><tbody>')
-        for f in coll.failures:
-            attrs = (f' data-model="{_e(f.model_family)}" data-size="{_e(f.model_size)}"'
-                     f' data-dataset="{_e(f.dataset)}"')
-            row = _fail_row(f)
-            row[7] = f.error.strip() or DASH
-            cells = []
-            for i, x in enumerate(row):
-                if i == 7:
-                    cells.append(f'<td title="{_e(x)}">{_e(_first_line(x))}</td>')
-                else:
-                    cells.append(f'<td>{_e(x)}</td>')
-            p.append(f'<tr{attrs}>' + "".join(cells) + '</tr>')
-        p.append('</tbody></table></div>')
+        p += _html_failures(coll)
     if coll.skipped:
         p.append(f'<h2>Skipped files</h2><p class="note warn">{len(coll.skipped)} results.json file(s) '
                  'could not be read or failed validation:</p><ul>'
                  + "".join(f'<li><code>{_e(s.rel)}</code>: {_e(s.reason)}</li>' for s in coll.skipped)
                  + '</ul>')
     if images:
-        p.append('<h2>Plots</h2>')
-        for img in images:
-            data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
-            p.append(f'<figure><img alt="{_e(img.stem)}" src="data:image/png;base64,{data}">'
-                     f'<figcaption>{_e(img.stem)}</figcaption></figure>')
+        p += _html_plots(images)
     p.append(f'<script>{_JS}</script></body></html>')
     return "\n".join(p) + "\n"

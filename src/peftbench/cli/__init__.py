@@ -1,0 +1,1 @@
+"""The ``peftbench`` subcommands (report, params, list, export, bench) and the benchmark suite."""

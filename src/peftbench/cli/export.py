@@ -1,0 +1,120 @@
+"""``peftbench export <run dir>``: a finished run's result in a format other tools open.
+
+* default: the adapter as saved by the method. For peft-based methods that is peft's own format
+  (``PeftModel.from_pretrained(base, DIR)`` or ``AutoPeftModelFor….from_pretrained(DIR)``); the
+  tokenizer is written beside it and ``base_model_name_or_path`` points at the base the run used
+  (for random-init ``tiny`` models, a copy of that base is written to ``DIR/base_model``).
+  Our own methods (houlsby, …) are copied as safetensors + method.json (load with peftbench).
+* ``--merge``: the update folded into the base weights, saved as a plain Hugging Face model
+  (``AutoModelFor….from_pretrained(DIR)``), where the method can merge; a clear refusal otherwise.
+
+The base is rebuilt from the resolved config stored in results.json (same family, size and
+``init_seed``), so export needs nothing but the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftbench import results
+from peftbench.errors import ConfigError
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    kind: str  # "peft" | "peftbench" | "merged"
+    files: list[Path]
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / results.FILENAME
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no {results.FILENAME}: pass a run's output folder", option="run_dir")
+    rec = results.read(path)
+    if rec["status"] != "ok":
+        raise ConfigError(f"run {run_dir} finished with status '{rec['status']}': nothing to export", option="run_dir")
+    return rec
+
+
+def _adapter_dir(rec: dict[str, Any], run_dir: Path) -> Path:
+    # The run folder may have moved (copied off a cluster): prefer <run_dir>/adapter.
+    for cand in (run_dir / "adapter", Path((rec.get("artifacts") or {}).get("adapter_dir") or "")):
+        if str(cand) and cand.is_dir() and any(cand.iterdir()):
+            return cand
+    raise ConfigError(f"no saved adapter under {run_dir / 'adapter'}", option="run_dir")
+
+
+def _plan(rec: dict[str, Any]):
+    from omegaconf import OmegaConf
+
+    from peftbench.config.plan import make_plan
+
+    cfg = OmegaConf.create(rec["config"])
+    OmegaConf.set_struct(cfg, False)
+    return cfg, make_plan(cfg, load_data=False)
+
+
+def _base(cfg, plan, load_kwargs: dict[str, Any] | None = None):
+    from peftbench.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(plan.spec)
+    model = load_model(plan.spec, plan.task, plan.num_labels, tok, load_kwargs,
+                       init_seed=int(cfg.model.get("init_seed", 0) or 0))
+    return model, tok
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool = False,
+               overwrite: bool = False) -> ExportResult:
+    """Export the run in ``run_dir`` into ``out`` (default ``<run_dir>/export`` or ``…/merged``)."""
+    from peftbench.methods.peft_base import PeftMethod
+
+    run_dir = Path(run_dir)
+    rec = _read_run(run_dir)
+    adapter = _adapter_dir(rec, run_dir)
+    cfg, plan = _plan(rec)
+    method = plan.method
+    out = Path(out) if out else run_dir / ("merged" if merge else "export")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite", option="--out")
+    if merge and not method.supports_merge:
+        raise ConfigError(f"method '{method.name}' ({method.family}) cannot be merged into the base weights "
+                          "(it adds modules or inputs at inference); export without --merge", option="--merge")
+    is_peft = isinstance(method, PeftMethod) and (adapter / "adapter_config.json").is_file()
+    out.mkdir(parents=True, exist_ok=True)
+
+    if merge:
+        base, tok = _base(cfg, plan, method.load_kwargs(plan.ctx))
+        model = method.load(base, adapter, plan.ctx)
+        model = method.merge(model)
+        model.eval()
+        model.save_pretrained(str(out), safe_serialization=True)
+        tok.save_pretrained(str(out))
+        return ExportResult(out, "merged", sorted(p for p in out.rglob("*") if p.is_file()))
+
+    for f in adapter.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    if not is_peft:
+        (out / "run_config.json").write_text(json.dumps(rec["config"], indent=2, sort_keys=True))
+        return ExportResult(out, "peftbench", sorted(p for p in out.rglob("*") if p.is_file()))
+
+    # the plain base (no 4-bit load kwargs): users quantize when they load, as with any checkpoint
+    base, tok = _base(cfg, plan)
+    tok.save_pretrained(str(out))
+    if plan.spec.from_config:
+        # A random-init base exists only in peftbench's cache: ship it so plain peft can load.
+        base.save_pretrained(str(out / "base_model"), safe_serialization=True)
+        tok.save_pretrained(str(out / "base_model"))
+        base_ref = str((out / "base_model").resolve())
+    else:
+        base_ref = str(plan.spec.local_dir or plan.spec.checkpoint)
+    acfg_path = out / "adapter_config.json"
+    acfg = json.loads(acfg_path.read_text())
+    acfg["base_model_name_or_path"] = base_ref
+    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
+    return ExportResult(out, "peft", sorted(p for p in out.rglob("*") if p.is_file()))

@@ -1,0 +1,415 @@
+"""The standard benchmark: tasks × models × sizes × methods × seeds × a small per-method lr grid.
+
+Every cell is one ordinary ``train(cfg)`` run (same code as ``peftbench-train``) in its own output
+dir, so a relaunch skips finished cells (idempotent run ids) and a failed cell is recorded, not
+fatal. Model selection: for each (task, model, size, method) the lr with the best mean
+*selection* metric over seeds wins; the report shows those runs' numbers on the *held-out* split.
+
+Splits (stated in every report):
+- SST-2: select on ``dev.tsv`` (6,735 sentences held out of GLUE train; a fixed subset), report
+  ``test/*`` = ``validation.tsv`` (the 872-sentence GLUE dev set, never used for selection).
+- LM / SFT tasks: select and report on the held-out ``val_fraction`` tail of the corpus (there is no
+  third split); those numbers carry the selection's optimism, and the report says so.
+
+The grids are yaml, one file each: ``conf/benchmark/<grid>.yaml`` (tasks with their budgets and
+data overrides, models, methods, seeds, lr grids, the gpt2_local pretraining ladder); this module
+reads them, expands them into cells, runs, selects and writes the manifest.
+
+``python -m peftbench.cli.suite [--grid standard_cpu|standard_quick|gpt2_modes] [--dry-run]``
+(``experiments/standard_cpu/run.sh`` wraps it and then writes ``reports/standard-cpu/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftbench.config.paths import conf_dir
+from peftbench.errors import ConfigError
+
+log = logging.getLogger("peftbench")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task of a grid file, with its fixed budget; ``select``/``report`` are results.json metric keys."""
+
+    name: str
+    overrides: tuple[str, ...]
+    select: str
+    report: str
+    models: tuple[tuple[str, str], ...]  # (model family, size)
+    methods: tuple[str, ...] | None = None  # None: the grid's; fewer for a costly model
+    seeds: tuple[int, ...] | None = None
+    # None: the grid's lr grid (not part of the hash: cells key the run records)
+    lrs: dict[str, list[float]] | None = field(default=None, hash=False, compare=False)
+
+    def own_methods(self, methods: list[str]) -> list[str]:
+        """The grid's available methods this task runs."""
+        return [m for m in methods if self.methods is None or m in self.methods]
+
+
+@dataclass
+class Grid:
+    """One conf/benchmark/<name>.yaml, parsed (``load_grid``)."""
+
+    name: str
+    tasks: list[Task]
+    methods: list[str]
+    seeds: list[int]
+    lrs: dict[str, list[float]]  # per method; "default" for the rest
+    pretrain: dict[str, int] = field(default_factory=dict)  # gpt2_local size → pretraining steps
+    common: tuple[str, ...] = ("logger=none", "trainer.enable_progress_bar=false")
+    # run folders of another grid with identical cells (same task budgets, lr grid, seeds, ladder): a
+    # cell already finished there is skipped by its run id, not re-run
+    runs_from: str | None = None
+
+    def seeds_of(self, task: Task) -> list[int]:
+        return list(task.seeds or self.seeds)
+
+    def lr_grid(self, method: str, task: Task | None = None) -> list[float]:
+        lrs = task.lrs if task is not None and task.lrs else self.lrs
+        return lrs.get(method, lrs["default"])
+
+
+GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks"}
+TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs"}
+
+
+def grid_dir() -> Path:
+    return conf_dir() / "benchmark"
+
+
+def _lrs(raw: dict[str, Any]) -> dict[str, list[float]]:
+    return {m: [float(x) for x in v] for m, v in raw.items()}
+
+
+def _check_keys(raw: Any, allowed: set[str], required: set[str], where: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {sorted(allowed)}", option=where)
+    unknown, missing = sorted(set(raw) - allowed), sorted(required - set(raw))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (keys: {sorted(allowed)})", option=where)
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing} (keys: {sorted(allowed)})", option=where)
+
+
+def _task(raw: dict[str, Any], where: str) -> Task:
+    _check_keys(raw, TASK_KEYS, {"name", "overrides", "select", "report", "models"}, where)
+    models = tuple((str(fam), str(size)) for fam, sizes in raw["models"].items() for size in sizes)
+    own = {k: tuple(raw[k]) for k in ("methods", "seeds") if raw.get(k) is not None}
+    return Task(str(raw["name"]), tuple(str(o) for o in raw["overrides"]), raw["select"], raw["report"], models,
+                lrs=_lrs(raw["lrs"]) if raw.get("lrs") else None, **own)
+
+
+def load_grid(path: Path) -> Grid:
+    """One ``conf/benchmark/<name>.yaml`` (its keys are explained in standard_cpu.yaml's header)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    _check_keys(raw, GRID_KEYS, {"methods", "seeds", "lrs", "tasks"}, str(path))
+    common = {"common": tuple(raw["common"])} if "common" in raw else {}  # else the dataclass default
+    return Grid(path.stem, tasks=[_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])],
+                methods=list(raw["methods"]), seeds=[int(s) for s in raw["seeds"]], lrs=_lrs(raw["lrs"]),
+                pretrain={str(k): int(v) for k, v in (raw.get("pretrain") or {}).items()},
+                runs_from=raw.get("runs_from"), **common)
+
+
+def grids() -> dict[str, Grid]:
+    """Every grid in conf/benchmark/, by file name."""
+    found = {p.stem: load_grid(p) for p in sorted(grid_dir().glob("*.yaml"))}
+    for g in found.values():
+        if g.runs_from is not None and g.runs_from not in found:
+            raise ConfigError(f"conf/benchmark/{g.name}.yaml: runs_from '{g.runs_from}' is no grid "
+                              f"(grids: {sorted(found)})", option="runs_from")
+    return found
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: Task
+    model: str
+    size: str
+    method: str
+    lr: float
+    seed: int
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        return (self.task.name, self.model, self.size, self.method)
+
+    def rel_dir(self) -> str:
+        return f"{self.task.name}/{self.model}-{self.size}/{self.method}/lr{self.lr:g}/seed{self.seed}"
+
+    def overrides(self, grid: Grid, shared: Path | None = None) -> list[str]:
+        own = []
+        if self.model == "gpt2_local" and self.size in grid.pretrain and shared is not None:
+            own = [f"model.sizes.{self.size}.local={pretrained_dir(grid, self.size, shared).resolve()}"]
+        return [*grid.common, f"model={self.model}", f"model_size={self.size}", f"method={self.method}",
+                *self.task.overrides, *own, f"optim.lr={self.lr}", f"seed={self.seed}"]
+
+
+def available_methods(names: list[str]) -> tuple[list[str], list[str]]:
+    """Methods with both a registry entry and a conf/method yaml; the rest are listed as skipped."""
+    from peftbench.methods.registry import get_method
+
+    ok, skipped = [], []
+    for n in names:
+        try:
+            get_method(n)
+            (ok if (conf_dir() / "method" / f"{n}.yaml").exists() else skipped).append(n)
+        except Exception:  # noqa: BLE001 - not registered in this install
+            skipped.append(n)
+    return ok, skipped
+
+
+def cells(grid: Grid, methods: list[str]) -> Iterator[Cell]:
+    """Phase 1: every (task, model, size, method) at every lr of its grid, on the first seed."""
+    for task in grid.tasks:
+        for (model, size), method in itertools.product(task.models, task.own_methods(methods)):
+            for lr in grid.lr_grid(method, task):
+                yield Cell(task, model, size, method, lr, grid.seeds_of(task)[0])
+
+
+def seed_cells(selection: list[dict[str, Any]], phase1: list[Cell], grid: Grid) -> Iterator[Cell]:
+    """Phase 2: the remaining seeds, at each group's selected lr only."""
+    best = {(r["task"], r["model"], r["size"], r["method"]): r["best_lr"] for r in selection}
+    seen = set()
+    for c in phase1:
+        lr = best.get(c.group)
+        if lr is None or c.group in seen:
+            continue
+        seen.add(c.group)
+        for seed in grid.seeds_of(c.task)[1:]:
+            yield Cell(c.task, c.model, c.size, c.method, lr, seed)
+
+
+def pretrained_dir(grid: Grid, size: str, shared: Path) -> Path:
+    """Pretrained weights keyed by size and steps, so grids with the same ladder share them and a
+    quick edition's 40-step model never replaces a full edition's (nor the user's cache copy)."""
+    return shared / f"gpt2_local-{size}-{grid.pretrain[size]}steps"
+
+
+def pretrain_overrides(grid: Grid, size: str, shared: Path | None = None) -> list[str]:
+    own = [f"save_model={pretrained_dir(grid, size, shared).resolve()}"] if shared is not None else []
+    return [*grid.common, "experiment=pretrain_gpt2_local", f"model_size={size}",
+            f"trainer.max_steps={grid.pretrain[size]}", *own]
+
+
+def _run(overrides: list[str], out: Path) -> dict[str, Any]:
+    from peftbench.config.compose import compose
+    from peftbench.train import train
+
+    return train(compose(overrides, output_dir=str(out)))
+
+
+def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best lr per (task, model, size, method) by the selection metric (mean over the seeds run at
+    that lr: phase 1 runs the lr grid on the first seed only)."""
+    from peftbench.report.collect import lower_is_better
+
+    rows = []
+    groups: dict[tuple, list[Cell]] = {}
+    for c in records:
+        groups.setdefault(c.group, []).append(c)
+    for g, cs in groups.items():
+        task = cs[0].task
+        by_lr: dict[float, list[float]] = {}
+        for c in cs:
+            v = records[c].get("metrics", {}).get(task.select)
+            if records[c].get("status") == "ok" and v is not None:
+                by_lr.setdefault(c.lr, []).append(float(v))
+        scored = {lr: statistics.mean(v) for lr, v in by_lr.items()}
+        best = (min if lower_is_better(task.select) else max)(scored, key=scored.get) if scored else None
+        rows.append({"task": g[0], "model": g[1], "size": g[2], "method": g[3], "select_on": task.select,
+                     "report": task.report, "lr_scores": {f"{k:g}": v for k, v in sorted(scored.items())},
+                     "best_lr": best,
+                     "selected_runs": [c.rel_dir() for c in cs if c.lr == best]})
+    return rows
+
+
+def _pretrain_ladder(grid: Grid, root: Path, shared: Path) -> dict[str, dict[str, Any]]:
+    """The gpt2_local sizes the grid pretrains from scratch, before any cell fine-tunes them."""
+    pre: dict[str, dict[str, Any]] = {}
+    for size in grid.pretrain:
+        out = root.parent / "pretrain" / pretrained_dir(grid, size, shared).name
+        rec = _run(pretrain_overrides(grid, size, shared), out)
+        pre[size] = {"dir": str(out), "status": rec["status"], "run_id": rec["run_id"], "metrics": rec.get("metrics")}
+    return pre
+
+
+def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path) -> dict[Cell, dict[str, Any]]:
+    """Phase 1 (the lr grid on the first seed), then phase 2 (the other seeds at the selected lr)."""
+    records: dict[Cell, dict[str, Any]] = {}
+
+    def run_cell(c: Cell) -> None:
+        rec = _run(c.overrides(grid, shared), runs / c.rel_dir())
+        records[c] = rec
+        log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
+                                                            if k in (c.task.select, c.task.report)})
+
+    phase1 = list(cells(grid, methods))
+    for c in phase1:
+        run_cell(c)
+    for c in list(seed_cells(select(grid, records), phase1, grid)):
+        run_cell(c)
+    return records
+
+
+def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[str], pre: dict[str, Any],
+                   records: dict[Cell, dict[str, Any]], runs: Path, t0: float) -> dict[str, Any]:
+    """What ran, how it was selected, on what machine: the report's manifest.json."""
+    from peftbench.run.record import env_info, git_revision
+
+    selection = select(grid, records)
+    env = env_info()  # once: it imports torch and runs git
+    return {
+        "grid": grid.name, "command": command, "git_revision": git_revision(short=False),
+        "machine": {"platform": env["platform"], "python": env["python"], "processor": platform.processor(),
+                    "cpu_count": env["cpu_count"], "device": env.get("device")},
+        "versions": {m: v for m, v in env.items()
+                     if m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
+        "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
+        "protocol": "lr grid on the first seed (selection metric), then the other seeds at the selected lr; "
+                    "the report shows the selected lr's runs (mean ± std over seeds)",
+        "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": t.own_methods(methods),
+                   "seeds": grid.seeds_of(t), "overrides": list(t.overrides)} for t in grid.tasks],
+        "lr_grid": {m: grid.lr_grid(m) for m in methods},
+        "lr_grid_per_task": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.lrs for t in grid.tasks if t.lrs},
+        "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
+                   "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
+        "pretrain": pre, "selection": selection,
+        "runs_dir": str(runs),
+        "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
+        "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
+        "wall_s": round(time.time() - t0, 1),
+        "runs_s": round(sum(float((r.get("timings") or {}).get("total_s") or 0) for r in records.values()), 1),
+    }
+
+
+def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None:
+    """Tables and plots of the selected runs and the ladder, plus the manifest, selection and README."""
+    from peftbench.report import build_report
+
+    dirs = [runs / r for row in manifest["selection"] for r in row["selected_runs"]]
+    dirs += [Path(p["dir"]) for p in manifest["pretrain"].values()]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    build_report(dirs, report_dir)
+    (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    (report_dir / "selection.md").write_text(selection_markdown(manifest))
+    (report_dir / "README.md").write_text(readme_markdown(manifest))
+
+
+def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> dict[str, Any]:
+    methods, skipped = available_methods(grid.methods)
+    t0 = time.time()
+    shared = root.parent / "pretrained"
+    runs = root.parent / (grid.runs_from or grid.name) / "runs"
+    pre = _pretrain_ladder(grid, root, shared)
+    records = _run_cells(grid, methods, runs, shared)
+    manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0)
+    root.mkdir(parents=True, exist_ok=True)  # a grid whose runs live in another grid's folder (runs_from)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if report_dir is not None:
+        write_report(manifest, runs, report_dir)
+    return manifest
+
+
+def readme_markdown(m: dict[str, Any]) -> str:
+    """The report's front page: what ran, how it was selected, on what machine, how to regenerate."""
+    mc, v = m["machine"], m["versions"]
+    lines = [f"# Standard benchmark — grid `{m['grid']}`", "",
+             "Regenerate (from the repo root; a relaunch skips finished runs):", "", "```bash",
+             f"PEFTBENCH_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 {m['command']}", "```", "",
+             f"Git revision {m['git_revision']}; this invocation {m['wall_s'] / 60:.1f} min (finished runs are skipped); "
+             f"the runs' own time adds up to {m.get('runs_s', 0) / 60:.0f} min; machine: {mc['cpu_count']} CPU(s) "
+             f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, device {mc.get('device', '?')}.", "",
+             "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
+             f"Protocol: {m['protocol']}. Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
+             "| task | models | methods | seeds | budget and data (overrides) |", "|---|---|---|---|---|"]
+    for t in m["tasks"]:
+        lines.append(f"| {t['name']} | {', '.join(t['models'])} | {', '.join(t['methods'])} | "
+                     f"{', '.join(map(str, t['seeds']))} | `{' '.join(t['overrides'])}` |")
+    lines += ["", "Learning-rate grids: " + "; ".join(f"{k}: {', '.join(f'{x:g}' for x in lr)}"
+                                                    for k, lr in m["lr_grid"].items())]
+    for t, lrs in (m.get("lr_grid_per_task") or {}).items():
+        lines.append(f"- {t}: one lr per method (cost): " + "; ".join(f"{k}: {', '.join(f'{x:g}' for x in v)}"
+                                                                      for k, v in lrs.items()))
+    lines.append("")
+    if m.get("pretrain"):
+        lines += ["gpt2_local ladder pretrained here from scratch (`experiment=pretrain_gpt2_local`): " +
+                  "; ".join(f"{k}: {p['status']}, val ppl {((p.get('metrics') or {}).get('val/ppl') or float('nan')):.1f}"
+                            for k, p in m["pretrain"].items()), ""]
+    bad = {k: s for k, s in m["statuses"].items() if s != "ok"}
+    lines += [f"Runs: {len(m['statuses'])} ({len(bad)} not ok{': ' + ', '.join(f'{k} {s}' for k, s in bad.items()) if bad else ''}).", "",
+              "Files: [report.md](report.md) (tables: mean ± std over seeds of the selected lr's runs; parameter "
+              "columns name their count type), [selection.md](selection.md) (every lr's selection score), "
+              "report.csv / report.tex / report.html, plots/, manifest.json (run ids, statuses).", ""]
+    return "\n".join(lines)
+
+
+def selection_markdown(m: dict[str, Any]) -> str:
+    lines = [f"# lr selection — grid `{m['grid']}`", "", f"Command: `{m['command']}`", "",
+             f"Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
+             f"Methods skipped (not registered / no conf): {', '.join(m['methods_skipped_not_available']) or 'none'}", "",
+             "| task | model | size | method | selection metric | mean over seeds per lr | best lr |",
+             "|---|---|---|---|---|---|---|"]
+    for r in m["selection"]:
+        scores = ", ".join(f"{k}: {v:.4f}" for k, v in r["lr_scores"].items()) or "no ok run"
+        lines.append(f"| {r['task']} | {r['model']} | {r['size']} | {r['method']} | {r['select_on']} | {scores} | "
+                     f"{r['best_lr'] if r['best_lr'] is not None else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def dry_run(grid: Grid, shared: Path | None = None) -> list[str]:
+    methods, skipped = available_methods(grid.methods)
+    out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
+    out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in grid.pretrain]
+    out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid, shared))}" for c in cells(grid, methods)]
+    extra = sum(len(t.models) * len(t.own_methods(methods)) * (len(grid.seeds_of(t)) - 1) for t in grid.tasks)
+    out.append(f"# then {extra} more runs: the other seeds at each group's selected lr")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m peftbench.cli.suite", description=__doc__.splitlines()[0])
+    p.add_argument("--grid", default="standard_cpu", choices=sorted(grids()))
+    p.add_argument("--quick", action="store_true", help="the CI edition (= --grid standard_quick)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid (one line per run) and exit")
+    p.add_argument("--only", default=None,
+                   help="comma-separated task names: run just those (e.g. in a second process on a free core); "
+                        "a later run without --only skips every finished cell and writes the whole report")
+    p.add_argument("--out", default="outputs/suite", help="run folders (default outputs/suite/<grid>)")
+    p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); none: no report")
+    a = p.parse_args(argv)
+    grid = grids()["standard_quick" if a.quick else a.grid]
+    if a.only:
+        keep = set(a.only.split(","))
+        unknown = keep - {t.name for t in grid.tasks}
+        if unknown:
+            p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
+        grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
+    if a.dry_run:
+        print("\n".join(dry_run(grid, Path(a.out) / "pretrained")))
+        return 0
+    logging.basicConfig(level=logging.WARNING)
+    cmd = "python -m peftbench.cli.suite " + " ".join(argv if argv is not None else sys.argv[1:])
+    m = run_grid(grid, Path(a.out) / grid.name, Path(a.report) if a.report else None, cmd)
+    bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
+    print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; manifest: {Path(a.out) / grid.name / 'manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

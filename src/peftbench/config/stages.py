@@ -1,0 +1,82 @@
+"""Two-stage runs: train one model, then adapt it. A run whose config has a ``base_stage`` block
+first runs that stage — this run's config with the block's groups and values swapped in — and then
+uses the stage's trained model as its own base (``model.path``). Both stages are ordinary runs
+of the one pipeline, under the same budget rule.
+
+    base_stage:
+      method: full                    # group swaps: method / dataset (a conf/<group>/<name>.yaml)
+      dataset: tinyshakespeare
+      set: {trainer.max_steps: 400, optim.lr: 1.0e-3}   # then any dotted values
+
+The stage writes its record and model into ``<paths.cache_dir>/stages/<its run id>``: runs that
+need the same base (seeds of a grid, several methods) share it, and a relaunch skips it when
+it finished. Seed 004's sphere → Gaussian study is expressed this way. (The gpt2_local ladder
+is pretrained by runs of its own with ``save_model``; the benchmark's cells then load those models.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from peftbench.config.paths import conf_dir, dataset_config
+from peftbench.errors import ConfigError
+
+GROUPS = ("method", "dataset")
+KEYS = ("set", *GROUPS)
+MODEL_DIR = "model"  # where a stage's trained model is saved inside its folder
+
+
+def _group(group: str, name: Any) -> dict[str, Any]:
+    if group == "dataset":
+        return dataset_config(str(name), option="base_stage.dataset")
+    path = conf_dir() / group / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown {group} '{name}'; known: {known}", option=f"base_stage.{group}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Dotted keys, whether written flat (``trainer.max_steps: 9``) or nested (an override
+    ``+base_stage.set.trainer.max_steps=9``); later entries win, as on a command line."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += _flat(v, key + ".") if isinstance(v, dict) and v else [(key, v)]
+    return out
+
+
+def stage_config(cfg: DictConfig) -> DictConfig | None:
+    """The base stage's own config (None for a one-stage run). Pure: nothing runs, nothing loads."""
+    from peftbench.results import run_id
+
+    block = cfg.get("base_stage")
+    if not block:
+        return None
+    block = OmegaConf.to_container(block, resolve=True)
+    unknown = sorted(set(block) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}; base_stage takes {list(KEYS)}", option=f"base_stage.{unknown[0]}")
+    stage = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(stage, False)
+    stage.base_stage = None
+    stage.save_model = True
+    stage.metric_aliases = {}  # the study's names describe the final run, not its base
+    for group in GROUPS:
+        if block.get(group):
+            stage[group] = _group(group, block[group])
+    for key, value in _flat(block.get("set") or {}):
+        if key.split(".")[0] in ("base_stage", "paths"):
+            raise ConfigError(f"a stage cannot set '{key}' (it shares the run's paths)", option=f"base_stage.set.{key}")
+        OmegaConf.update(stage, key, value, merge=False)
+    stage.paths.output_dir = None  # not part of the identity; set below from it
+    rid = run_id(OmegaConf.to_container(stage, resolve=True))
+    stage.paths.output_dir = str(Path(stage.paths.cache_dir) / "stages" / rid)
+    return stage
+
+
+def stage_model_dir(stage: DictConfig) -> Path:
+    return Path(stage.paths.output_dir) / MODEL_DIR

@@ -1,0 +1,115 @@
+"""Metrics that need the model to *generate* (greedy), used by the tasks in lit/tasks.py:
+
+- generated-label accuracy (a classification set read as SFT, ``dataset.as_sft``): the prompt of
+  each evaluation row is continued, the first line of the answer matched to a label name. Outputs
+  naming no label count as wrong and lower ``valid_label_rate``.
+- corpus BLEU of generated captions (``image_text``), sacrebleu's ``corpus_bleu`` / 100 (exp
+  smoothing, 13a tokens), accumulated as sufficient statistics so it sums over batches and ranks;
+  and per-attribute accuracy (the value a caption names, e.g. its colour, against the reference's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torchmetrics
+
+from peftbench.data.tokenize import IGNORE
+
+
+def parse_label(generated: str, label_names: list[str]) -> int | None:
+    """The label the answer names: exact first line, else the label it starts with (longest first)."""
+    line = generated.strip().splitlines()[0].strip().strip(".:'\"").lower() if generated.strip() else ""
+    names = [n.lower() for n in label_names]
+    if line in names:
+        return names.index(line)
+    for n in sorted(names, key=len, reverse=True):
+        if line.startswith(n):
+            return names.index(n)
+    return None
+
+
+def split_sft_rows(batch: Mapping[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """An SFT batch (prompt tokens masked with -100, right-padded) → the prompts left-padded for
+    generation (ids, mask) and each row's response ids. Rows cut before their response are dropped."""
+    prompts, responses = [], []
+    for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+        answer = (labels != IGNORE).nonzero()
+        if len(answer):
+            start = int(answer[0])
+            prompts.append(ids[:start])
+            responses.append(labels[start:][labels[start:] != IGNORE].tolist())
+    width = max((len(p) for p in prompts), default=0)
+    out = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=batch["input_ids"].device)
+    mask = torch.zeros_like(out)
+    for i, p in enumerate(prompts):  # left padding: generation continues at the right edge
+        out[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    return out, mask, responses
+
+
+class GeneratedLabels:
+    """Greedy answers to an SFT batch's prompts, parsed into labels: (correct, valid) per row."""
+
+    def __init__(self, tokenizer: Any, label_names: list[str], max_new_tokens: int = 8):
+        self.tok, self.names, self.max_new_tokens = tokenizer, list(label_names), int(max_new_tokens)
+
+    def __call__(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tok
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids, mask, responses = split_sft_rows(batch, pad)
+        if not responses:
+            return torch.zeros(0), torch.zeros(0)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, do_sample=False,
+                             pad_token_id=pad, eos_token_id=tok.eos_token_id)
+        texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        gold = [parse_label(tok.decode(r, skip_special_tokens=True), self.names) for r in responses]
+        pred = [parse_label(t, self.names) for t in texts]
+        return (torch.tensor([p is not None and p == g for p, g in zip(pred, gold)], dtype=torch.float),
+                torch.tensor([p is not None for p in pred], dtype=torch.float))
+
+
+def _bleu():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()  # corpus_bleu's defaults
+
+
+class CorpusBLEU(torchmetrics.Metric):
+    """sacrebleu corpus BLEU / 100 over every update (and rank): n-gram statistics are summed, then
+    scored once — equal to ``sacrebleu.corpus_bleu(all_preds, [all_refs]).score / 100``."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("stats", default=torch.zeros(10, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: list[str], refs: list[str]) -> None:
+        if preds:
+            stats = _bleu()._extract_corpus_statistics(list(preds), [list(refs)])
+            self.stats += torch.tensor(stats, dtype=torch.float64, device=self.stats.device).sum(0)
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(_bleu()._compute_score_from_stats([int(x) for x in self.stats.tolist()]).score / 100.0)
+
+
+def named_value(text: str, values: list[str]) -> str | None:
+    """The first of ``values`` (longest first) that the text names as whole words."""
+    padded = f" {' '.join(text.lower().split())} "
+    return next((v for v in sorted(values, key=len, reverse=True) if f" {v.lower()} " in padded), None)
+
+
+def attribute_hits(preds: list[str], refs: list[str], values: list[str]) -> torch.Tensor:
+    """1/0 per caption whose reference names a value: does the generated caption name the same one?"""
+    hits = [named_value(p, values) == gold for p, r in zip(preds, refs) if (gold := named_value(r, values)) is not None]
+    return torch.tensor(hits, dtype=torch.float)
+
+
+def captions(model: Any, tokenizer: Any, pixel_values: torch.Tensor, max_new_tokens: int) -> list[str]:
+    """Greedy captions of a batch of images."""
+    cfg = model.config
+    out = model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, do_sample=False,
+                         decoder_start_token_id=cfg.decoder_start_token_id, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    return [s.strip() for s in tokenizer.batch_decode(out, skip_special_tokens=True)]

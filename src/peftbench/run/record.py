@@ -1,0 +1,169 @@
+"""The run record around the pipeline: the output folder, the base record every run starts from,
+the finished-run lookup that makes sweeps resumable, env info, and the final write. Shared by
+``train``, the benchmark suite and ``peftbench bench``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from peftbench import results
+from peftbench.errors import ConfigError
+
+log = logging.getLogger("peftbench")
+
+
+def container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def rank() -> int:
+    for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(k):
+            return int(os.environ[k])
+    return 0
+
+
+def env_info() -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu_count": os.cpu_count(), "hostname": platform.node()}
+    info.update(package_versions("torch", "lightning", "transformers", "peft", "hydra", "datasets", "bitsandbytes"))
+    try:
+        import torch
+
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001
+        info["device"] = "unknown"
+    info["git_revision"] = git_revision()
+    return info
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """Installed versions, None for a package that is not installed (the optional ones). Read from
+    package metadata, not imports: importing bitsandbytes alone pulls in torch inductor (seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version({"hydra": "hydra-core"}.get(name, name))
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision(short: bool = True) -> str | None:
+    """HEAD of the checkout this package runs from; None outside git."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], check=False,
+                              capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    try:
+        d = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    except Exception:  # noqa: BLE001 - ${hydra:...} outside a Hydra app
+        d = None
+    if d is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            d = HydraConfig.get().runtime.output_dir
+        except Exception:  # noqa: BLE001
+            d = "outputs/run"
+    return Path(d)
+
+
+def check_writable(out: Path) -> None:
+    """A read-only or full output dir is found before training, not after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".peftbench-write-probe"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output dir {out} is not writable: {e.strerror}", option="hydra.run.dir") from e
+    import shutil
+
+    if shutil.disk_usage(out).free < 50 * 2**20:
+        raise ConfigError(f"output dir {out} has less than 50 MiB free", option="hydra.run.dir")
+
+
+def finished_record(out: Path, rid: str) -> dict[str, Any] | None:
+    path = out / results.FILENAME
+    if not path.exists():
+        return None
+    try:
+        rec = results.read(path)
+    except results.SchemaError:
+        return None
+    return rec if rec["run_id"] == rid and rec["status"] == "ok" else None
+
+
+def base_record(cfg: DictConfig, rid: str) -> dict[str, Any]:
+    c = container(cfg)
+    return results.empty_record(
+        run_id=rid, config=c, seed=int(cfg.seed),
+        model={"family": c["model"].get("family", ""), "size": c["model_size"]["name"]},
+        method={"name": c["method"]["name"], "family": "", "hparams": {k: v for k, v in c["method"].items() if k != "name"}},
+        dataset={"name": c["dataset"]["name"], "task": c["dataset"].get("task")},
+        env={"trust_remote_code": bool(c["model"].get("trust_remote_code", False)), "world_size": 1},
+    )
+
+
+def run_stages(rec: dict[str, Any], stages: Any) -> dict[str, Any]:
+    """Fill ``rec`` from ``stages()`` (the record sections of a plan's execution); a refusal,
+    crash, NaN or OOM becomes the record's status, never an exception into the sweep."""
+    import traceback
+
+    from peftbench.errors import PeftbenchError
+    from peftbench.run.failures import classify
+
+    try:
+        part = stages()
+        rec["env"].update(part.pop("env", {}))
+        rec.update(part)
+        rec["status"] = rec.get("status") or "ok"
+    except PeftbenchError as e:
+        rec.update(status="refused", error=str(e))
+        log.error("refused: %s", e)
+    except Exception as e:  # noqa: BLE001 - recorded, never lost; the sweep goes on
+        status = classify(e)
+        rec.update(status=status, error=f"{type(e).__name__}: {e}")
+        rec.setdefault("traceback", traceback.format_exc())
+        log.error("%s: %s", status, rec["error"])
+    return rec
+
+
+def finish(rec: dict[str, Any], out: Path, total_s: float) -> dict[str, Any]:
+    """Close trackers, add env info and the total time; rank 0 writes results.json and prints
+    the summary (a display problem never fails a finished run)."""
+    from peftbench.run.trackers import finish_runs
+
+    finish_runs(ok=rec["status"] == "ok")  # a sequential multirun's next job gets its own tracker run
+    rec["timings"]["total_s"] = round(total_s, 3)
+    if not rec["env"].get("python"):
+        rec["env"].update(env_info())
+    if rank() != 0:
+        return rec
+    try:
+        results.write(out, rec)
+    except OSError as e:
+        log.error("could not write results.json to %s: %s", out, e)
+    try:
+        from peftbench.run.summary import render_summary
+
+        render_summary(rec, out)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not print the run summary: %s", e)
+    return rec

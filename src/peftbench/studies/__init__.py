@@ -1,1 +1,0 @@
-"""Self-contained seed studies (small reproductions run through ``study: <dotted path>``)."""
