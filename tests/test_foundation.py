@@ -4,7 +4,6 @@ dataset configs, refusals and skip-finished."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from peftbench import results
-from peftbench.errors import ConfigError, DataError, PeftbenchError
+from peftbench.errors import ConfigError, DataError
 from tests.conftest import FAST, ROOT
 
 FAMILIES = ["bert", "roberta", "minilm", "mpnet", "gpt2", "qwen2", "llama"]

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("components", ("peftbench.models", "peftbench.methods", "peftbench.data")),
     ("config", ("peftbench.config",)),
     ("engine", ("peftbench.lit", "peftbench.measure")),
-    ("run", ("peftbench.run", "peftbench.train", "peftbench.studies")),
+    ("run", ("peftbench.run", "peftbench.train")),
     ("commands", ("peftbench.cli", "peftbench.report")),
 ]
 TOP_LEVEL = {"__init__", "train", "results", "errors"}

@@ -77,3 +77,26 @@ def test_base_stage_refusals_name_the_option(compose_run, tmp_path):
         with pytest.raises(ConfigError) as e:
             stage_config(cfg)
         assert e.value.option == option
+
+
+def test_refusals_come_before_the_base_trains(toy_run, tmp_path):
+    bad = toy_run("method.r=-1", out="bad")  # the final stage's own option: refused before any stage trains
+    assert bad["status"] == "refused" and "method.r" in bad["error"]
+    assert not (tmp_path / "cache" / "stages").exists()
+    base_bad = toy_run("+base_stage.set.optim.lr=-1", out="base_bad")  # the stage's refusal stays a refusal
+    assert base_bad["status"] == "refused" and "base stage" in base_bad["error"] and "optim.lr" in base_bad["error"]
+
+
+def test_export_merges_onto_the_stage_model(toy_run, tmp_path):
+    """The record names its real base (model.path = the stage's model), so export rebuilds on it."""
+    from safetensors.torch import load_file
+
+    from peftbench.cli.export import export_run
+
+    rec = toy_run()
+    base_dir = rec["config"]["model"]["path"]
+    assert base_dir == str(tmp_path / "cache" / "stages" / rec["stages"]["base"]["run_id"] / "model")
+    res = export_run(str(tmp_path / "run"), str(tmp_path / "merged"), merge=True, overwrite=False)
+    merged, base = load_file(str(res.out / "model.safetensors")), load_file(f"{base_dir}/model.safetensors")
+    assert (merged["fc1.weight"] == base["fc1.weight"]).all()  # untouched by LoRA: the stage's weights
+    assert not (merged["fc2.weight"] == base["fc2.weight"]).all()  # the merged update

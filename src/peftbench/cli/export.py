@@ -93,7 +93,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool =
         model = method.merge(model)
         model.eval()
         model.save_pretrained(str(out), safe_serialization=True)
-        tok.save_pretrained(str(out))
+        _save_tokenizer(tok, out)
         return ExportResult(out, "merged", sorted(p for p in out.rglob("*") if p.is_file()))
 
     for f in adapter.iterdir():
@@ -105,11 +105,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool =
 
     # the plain base (no 4-bit load kwargs): users quantize when they load, as with any checkpoint
     base, tok = _base(cfg, plan)
-    tok.save_pretrained(str(out))
+    _save_tokenizer(tok, out)
     if plan.spec.from_config:
         # A random-init base exists only in peftbench's cache: ship it so plain peft can load.
         base.save_pretrained(str(out / "base_model"), safe_serialization=True)
-        tok.save_pretrained(str(out / "base_model"))
+        _save_tokenizer(tok, out / "base_model")
         base_ref = str((out / "base_model").resolve())
     else:
         base_ref = str(plan.spec.local_dir or plan.spec.checkpoint)
@@ -118,3 +118,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool =
     acfg["base_model_name_or_path"] = base_ref
     acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
     return ExportResult(out, "peft", sorted(p for p in out.rglob("*") if p.is_file()))
+
+
+def _save_tokenizer(tok, out: Path) -> None:
+    """Beside the weights; a family without a tokenizer (inputs are feature vectors) has none."""
+    if tok is not None:
+        tok.save_pretrained(str(out))

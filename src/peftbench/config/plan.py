@@ -148,9 +148,9 @@ def make_plan(cfg: DictConfig, out: Path | None = None, load_data: bool = True, 
     if cfg.get("save_model") and method.freezes_base and not method.supports_merge:
         raise ConfigError(f"save_model writes a plain model; '{method.name}' neither trains the whole model nor "
                           "merges into it", option="save_model")
-    check_packing(cfg, method)
-    strategy = check_strategy(cfg, method)
     dataset = run_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
+    check_packing(dataset, method)
+    strategy = check_strategy(cfg, method)
     data_dir = cfg.paths.get("data_dir")
     forgetting = plan_forgetting(cfg) if load_data else None
     examples: dict[str, Any] = {}

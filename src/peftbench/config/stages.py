@@ -9,8 +9,11 @@ of the one pipeline, under the same budget rule.
       set: {trainer.max_steps: 400, optim.lr: 1.0e-3}   # then any dotted values
 
 The stage writes its record and model into ``<paths.cache_dir>/stages/<its run id>``: runs that
-need the same base (seeds of a grid, several methods) share it, and a relaunch skips it when
-it finished. Seed 004's sphere → Gaussian study is expressed this way. (The gpt2_local ladder
+need the same base share it (several methods or final-stage learning rates on one seed; not
+several seeds, since the seed is part of the stage), and a relaunch skips it when it finished.
+The stage inherits every setting of the final run that ``set`` does not pin: a sweep over, say,
+``data.batch_size`` changes the base too — pin what the base must keep. Its identity does not
+include the code: after changing training code, delete ``<cache>/stages`` to train bases anew. Seed 004's sphere → Gaussian study is expressed this way. (The gpt2_local ladder
 is pretrained by runs of its own with ``save_model``; the benchmark's cells then load those models.)
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from peftbench.config.paths import conf_dir, dataset_config
+from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
 
 GROUPS = ("method", "dataset")
@@ -30,13 +33,21 @@ MODEL_DIR = "model"  # where a stage's trained model is saved inside its folder
 
 
 def _group(group: str, name: Any) -> dict[str, Any]:
-    if group == "dataset":
-        return dataset_config(str(name), option="base_stage.dataset")
-    path = conf_dir() / group / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"unknown {group} '{name}'; known: {known}", option=f"base_stage.{group}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    """A group option as Hydra composes it (plugins' search paths included), interpolations kept:
+    they resolve inside the stage's config (``${seed}`` …)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside peftbench-train's @hydra.main
+            cfg = compose(config_name="train", overrides=[f"{group}={name}"])
+        else:
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+                cfg = compose(config_name="train", overrides=[f"{group}={name}"])
+    except HydraException as e:
+        raise ConfigError(f"unknown {group} '{name}': {str(e).splitlines()[0]}", option=f"base_stage.{group}") from e
+    return OmegaConf.to_container(cfg[group], resolve=False)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -16,35 +16,31 @@ be predicted from the previous example's last token); for SFT it is a prompt tok
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from peftbench.data.tokenize import IGNORE
 from peftbench.errors import ConfigError
 
 
-def check_packing(cfg: DictConfig, method: Any = None) -> None:
-    """``dataset.packing`` is for causal-LM SFT with methods that leave positions alone."""
-    if not OmegaConf.select(cfg, "dataset.packing", default=False):
+def check_packing(ds: Mapping[str, Any], method: Any) -> None:
+    """``dataset.packing`` is for causal-LM SFT with methods that leave positions alone. ``ds``: the
+    dataset as the run sees it (a classification set read as SFT is causal-LM data)."""
+    if not ds.get("packing"):
         return
-    if cfg.dataset.get("task") != "causal_lm":
+    if ds.get("task") != "causal_lm":
         raise ConfigError("packing is for causal-LM data; classification batches use dynamic padding "
                           "and dataset.group_by_length instead", option="dataset.packing")
-    if cfg.dataset.get("format") == "text":
+    if ds.get("format") == "text":
         raise ConfigError("format: text is already packed into block_size blocks", option="dataset.packing")
-    if cfg.dataset.get("padding") == "max_length":
+    if ds.get("padding") == "max_length":
         raise ConfigError("packing fills rows up to dataset.max_length itself; use padding: dynamic",
                           option="dataset.padding")
-    if method is None:
-        from peftbench.methods.registry import get_method
-
-        method = get_method(cfg.method.name)
     if getattr(method, "num_virtual_tokens", None) is not None or not getattr(method, "supports_grad_checkpointing", True):
         # prompt learning prepends virtual tokens / key-value prefixes: position resets and the
         # block-diagonal mask no longer line up with the inputs
-        raise ConfigError(f"method '{cfg.method.name}' prepends virtual tokens, which packed rows cannot "
+        raise ConfigError(f"method '{method.name}' prepends virtual tokens, which packed rows cannot "
                           "keep apart; set dataset.packing=false", option="dataset.packing")
 
 

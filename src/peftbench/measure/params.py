@@ -20,7 +20,8 @@ __all__ = [
     "count_params",
     "delta_rank",
     "is_quantized_4bit",
-    "lora_delta_weights",
+    "merged_delta_rank",
+    "trainable_names",
     "normalize_name",
     "numel",
     "param_table",
@@ -239,32 +240,6 @@ def merged_delta_rank(final: Mapping[str, torch.Tensor], base: Mapping[str, torc
             eps = torch.finfo(t.dtype).eps if t.dtype.is_floating_point else 0.0
             noise = eps * max(f64.abs().max().item(), b64.abs().max().item()) * (d.shape[0] * d.shape[1]) ** 0.5
             out[key] = int(torch.linalg.matrix_rank(d, atol=noise).item())
-    return out
-
-
-def lora_delta_weights(peft_model: nn.Module) -> dict[str, torch.Tensor]:
-    """ΔW = B·A·scaling for each peft LoRA layer, keyed by the base weight's normalised name.
-
-    Duck-typed on peft's ``LoraLayer`` (``lora_A``/``lora_embedding_A`` + ``get_delta_weight``)
-    so peft is not imported. With several adapters on a layer the key gets ``[adapter]``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for mname, module in peft_model.named_modules():
-            getter = getattr(module, "get_delta_weight", None)
-            if getter is None:
-                continue
-            adapters: list[str] = []
-            for attr in ("lora_A", "lora_embedding_A"):
-                container = getattr(module, attr, None)
-                if container is not None and hasattr(container, "keys"):
-                    adapters.extend(k for k in container.keys() if k not in adapters)
-            if not adapters:
-                continue
-            key = normalize_name(f"{mname}.weight")
-            for adapter in adapters:
-                d = getter(adapter).detach()
-                out[key if len(adapters) == 1 else f"{key}[{adapter}]"] = d
     return out
 
 

@@ -18,6 +18,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from torch import nn
@@ -109,3 +110,24 @@ def make_strategy(strategy_cfg: dict[str, Any], method: Any) -> Any:
         return DDPStrategy(find_unused_parameters=fu, process_group_backend=strategy_cfg.get("backend"),
                            start_method=strategy_cfg.get("start_method", "popen"))
     return make_fsdp_strategy(strategy_cfg, method)
+
+
+def patch_lightning_hydra_relaunch() -> None:
+    """Lightning relaunches DDP ranks with the parent's argv, which under ``-m`` would start the
+    whole sweep again. Relaunch with this job's own overrides instead (works for -m and single runs)."""
+    try:
+        from lightning.fabric.strategies.launchers import subprocess_script as ss
+    except ImportError:  # pragma: no cover
+        return
+
+    def _cmd(local_rank: int):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import get_original_cwd
+
+        hc = HydraConfig.get()
+        command = [sys.executable, "-m", "peftbench.train", *hc.overrides.task,
+                   f"hydra.run.dir={hc.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
+                   "hydra.output_subdir=null"]
+        return command, get_original_cwd()
+
+    ss._hydra_subprocess_cmd = _cmd
