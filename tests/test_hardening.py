@@ -38,6 +38,20 @@ FAST1 = ["model_size=tiny", "trainer.max_steps=1", "dataset.train_limit=16", "da
     (["method=prompt_tuning", "method.num_virtual_tokens=500"], "method.num_virtual_tokens"),
     (["model=roberta", "dataset.max_length=513"], "dataset.max_length"),  # 514 positions, offset by pad id + 1
     (["model=gpt2", "dataset=tinyshakespeare", "dataset.block_size=4096"], "dataset.block_size"),
+    # integer options are refused, not rounded (1.5 → 1, 0.5 → 0 ran silently before)
+    (["data.batch_size=1.5"], "data.batch_size"),
+    (["dataset.max_length=0.5"], "dataset.max_length"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
+    (["trainer.max_steps=2.5"], "trainer.max_steps"),
+    (["seed=abc"], "seed"),
+    (["seed=1.5"], "seed"),
+    (["trainer.devices=abc"], "trainer.devices"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["optim.name=foo"], "optim.name"),
+    (["optim.scheduler=foo"], "optim.scheduler"),
+    (["method=lora", "method.r=0.5"], "method.r"),  # a method's option, by its dataclass field type
+    (["method=lora", "method.alpha=true"], "method.alpha"),
+    (["method=prompt_tuning", "method.num_virtual_tokens=2.5"], "method.num_virtual_tokens"),
 ])
 def test_bad_numbers_refused_before_weights(compose_run, overrides, option):
     cfg = compose_run("model=bert", "model_size=tiny", *overrides)
@@ -45,6 +59,23 @@ def test_bad_numbers_refused_before_weights(compose_run, overrides, option):
         make_plan(cfg, load_data=False)
     assert e.value.option == option
     assert f"[{option}]" in str(e.value)
+
+
+def test_a_nan_loss_is_never_recorded_ok(compose_run):
+    """Five steps at lr 1e20: NaN after the first update, before the every-10-steps check ran."""
+    from peftbench.train import train
+
+    rec = train(compose_run("model=bert", "method=lora", "optim.lr=1e20", "trainer.max_steps=5",
+                            "checkpoint.enabled=false", *[o for o in FAST1 if "max_steps" not in o]))
+    assert rec["status"] == "diverged", (rec["status"], rec["metrics"])
+    assert "nan" in rec["error"].lower()
+
+
+def test_a_non_integer_seed_is_a_refusal_not_a_traceback(compose_run):
+    from peftbench.train import train
+
+    rec = train(compose_run("seed=abc", *FAST1))
+    assert rec["status"] == "refused" and "[seed]" in rec["error"]
 
 
 def test_refused_run_records_status_and_writes_no_weights(compose_run):

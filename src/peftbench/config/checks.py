@@ -34,6 +34,27 @@ def positive_int(v: Any, option: str) -> int | None:
     return v
 
 
+def integer(v: Any, option: str, minimum: int | None = None, allow: tuple[Any, ...] = ()) -> int | None:
+    """An integer (≥ ``minimum`` when given; None passes); 1.5, "abc" or True is refused, not rounded."""
+    if v is None or v in allow and type(v) is int:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+        bound = f" ≥ {minimum}" if minimum is not None else ""
+        raise ConfigError(f"must be an integer{bound}, got {v!r}", option=option)
+    return v
+
+
+def devices(v: Any, option: str = "trainer.devices") -> Any:
+    """Lightning's ``devices``: a count > 0, -1 (all), ``auto``, or a list of device indices."""
+    if v in ("auto", -1) or v is None:
+        return v
+    if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str):
+        for i in v:
+            integer(i, option, minimum=0)
+        return v
+    return integer(v, option, minimum=1)
+
+
 def in_range(v: Any, option: str, lo: float, hi: float, hi_open: bool = False) -> Any:
     """A finite number in [lo, hi] (or [lo, hi) when ``hi_open``); None passes."""
     if v is None:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from peftbench.config.budget import Budget, check_gradient_checkpointing, plan_budget
-from peftbench.config.checks import in_range, one_of, positive
+from peftbench.config.checks import devices, in_range, integer, one_of, positive, positive_int
 from peftbench.config.forgetting import ForgettingPlan, plan_forgetting
 from peftbench.config.knobs import check_knobs
 from peftbench.data.sft import run_dataset
@@ -54,23 +54,32 @@ class Plan:
         return replace(self, budget=budget)
 
 
+POSITIVE_INTS = ("data.batch_size", "data.eval_batch_size", "dataset.max_length", "dataset.block_size",
+                 "dataset.train_limit", "dataset.val_limit", "dataset.test_limit", "trainer.accumulate_grad_batches",
+                 "measure.finite_check_every", "data.effective_batch_size")
+
+
 def check_numbers(cfg: DictConfig) -> None:
+    """Numbers and names, refused by option before anything loads: an integer option never rounds
+    a fraction away (``data.batch_size=1.5`` is refused, not run at 1)."""
     def opt(key: str) -> Any:
         return OmegaConf.select(cfg, key)
 
-    for key in ("optim.lr", "method.optim.lr", "data.batch_size", "data.eval_batch_size", "dataset.max_length",
-                "optim.eps", "dataset.block_size", "dataset.train_limit", "dataset.val_limit", "dataset.test_limit"):
+    integer(opt("seed"), "seed")
+    for key in ("optim.lr", "method.optim.lr", "optim.eps"):
         positive(opt(key), key)
+    for key in POSITIVE_INTS:
+        positive_int(opt(key), key)
     for key in ("trainer.max_steps", "trainer.max_epochs"):
-        positive(opt(key), key, allow=(-1,))
+        integer(opt(key), key, minimum=1, allow=(-1,))
+    for key in ("data.num_workers", "measure.warmup_steps"):
+        integer(opt(key), key, minimum=0)
     one_of(opt("optim.name") or "adamw", "optim.name", OPTIMIZERS)
     one_of(opt("optim.scheduler") or "constant", "optim.scheduler", SCHEDULES)
     in_range(opt("optim.weight_decay"), "optim.weight_decay", 0.0, float("inf"))
     in_range(opt("optim.warmup_ratio"), "optim.warmup_ratio", 0.0, 1.0, hi_open=True)
     in_range(opt("dataset.val_fraction"), "dataset.val_fraction", 0.0, 1.0, hi_open=True)
-    dev = opt("trainer.devices")
-    if isinstance(dev, int) and not isinstance(dev, bool) and dev <= 0 and dev != -1:
-        raise ConfigError(f"must be > 0 or 'auto', got {dev!r}", option="trainer.devices")
+    devices(opt("trainer.devices"))
 
 
 def check_lengths(cfg: DictConfig, method: Method, ctx: ApplyContext) -> None:

@@ -54,6 +54,9 @@ class Method:
                 f"method '{cls.name}' has no option(s) {unknown}; its options: {sorted(known)}",
                 option=f"method.{unknown[0]}",
             )
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                _check_type(data[f.name], f.type, f"method.{f.name}")
         return cls(**data)
 
     def hparams(self) -> dict[str, Any]:
@@ -125,6 +128,18 @@ class Method:
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
+
+
+def _check_type(value: Any, annotation: Any, option: str) -> None:
+    """A value against its field's plain type (``int``, ``float``, ``bool``, ``str``): ``r=0.5`` or
+    ``alpha=true`` is refused by name instead of failing inside the library (or being rounded)."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}.get(kind)
+    if ok is not None and value is not None and not ok(value):
+        raise ConfigError(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}", option=option)
+
 
 
 def freeze(model: nn.Module) -> None:

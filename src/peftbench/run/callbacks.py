@@ -12,17 +12,26 @@ from peftbench.run.failures import Diverged
 
 
 class DivergenceCallback(L.Callback):
-    """Stop with status ``diverged`` when the loss is NaN/inf; checked every n steps so the hot
-    path does not sync on every step."""
+    """Stop with status ``diverged`` when the loss is NaN/inf. Checked every n steps so the hot
+    path does not sync on every step — and on the last step, so a run shorter than n (or one that
+    breaks after its last check) cannot finish ``ok`` with a NaN loss."""
 
     def __init__(self, every_n_steps: int = 10):
         self.every = max(1, every_n_steps)
+        self.last: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.last = loss.detach() if loss is not None else None  # no sync: kept for the last check
         if batch_idx % self.every == 0:
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            if loss is not None and not torch.isfinite(loss).all():
-                raise Diverged(f"loss became {loss.item()} at step {trainer.global_step}")
+            self._check(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._check(trainer)
+
+    def _check(self, trainer) -> None:
+        if self.last is not None and not torch.isfinite(self.last).all():
+            raise Diverged(f"loss became {self.last.item()} at step {trainer.global_step}")
 
 
 class FirstStepTimer(L.Callback):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from peftbench.config.plan import Plan
 from peftbench.errors import ConfigError
 from peftbench.run.budget import run_with_budget
+from peftbench.run.failures import Diverged
 
 log = logging.getLogger("peftbench")
 
@@ -154,6 +156,9 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
     t = time.perf_counter()
     metrics.update(evaluate(trainer, lit, dm))
     timings["eval_s"] = time.perf_counter() - t
+    bad = sorted(k for k, v in metrics.items() if k.endswith("/loss") and not math.isfinite(v))
+    if bad:  # the weights themselves went non-finite: not a result, whatever the other metrics say
+        raise Diverged(f"{bad[0]} is {metrics[bad[0]]} after training")
     timings["first_step_s"] = parts.first_step.seconds
     adapted.model = lit.model
     return Fitted(trainer, lit, parts, metrics)

@@ -113,7 +113,7 @@ def finished_record(out: Path, rid: str) -> dict[str, Any] | None:
 def base_record(cfg: DictConfig, rid: str) -> dict[str, Any]:
     c = container(cfg)
     return results.empty_record(
-        run_id=rid, config=c, seed=int(cfg.seed),
+        run_id=rid, config=c, seed=c["seed"] if type(c.get("seed")) is int else 0,
         model={"family": c["model"].get("family", ""), "size": c["model_size"]["name"]},
         method={"name": c["method"]["name"], "family": "", "hparams": {k: v for k, v in c["method"].items() if k != "name"}},
         dataset={"name": c["dataset"]["name"], "task": c["dataset"].get("task")},
