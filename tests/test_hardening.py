@@ -222,3 +222,33 @@ def test_full_output_dir_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     with pytest.raises(ConfigError, match=r"\[hydra.run.dir\].*less than 50 MiB free"):
         check_writable(tmp_path / "out")
+
+
+def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path):
+    """A SLURM time limit or pre-emption sends SIGTERM: Lightning turns it into SystemExit(None),
+    which used to end the process with 0 and no results.json. Now: a record, and exit 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "peftbench.train", "model=bert", "model_size=tiny", "method=lora",
+           "trainer.max_steps=100000", "dataset.train_limit=64", "dataset.val_limit=16", "data.batch_size=8",
+           "trainer.log_every_n_steps=1", "logger=none", f"hydra.run.dir={out}"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    seen, deadline = [], time.time() + 300
+    for line in p.stdout:  # wait until it is really training
+        seen.append(line)
+        if line.startswith("step ") or time.time() > deadline:
+            break
+    p.send_signal(signal.SIGTERM)
+    try:
+        rest, _ = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
+    assert p.returncode == 143, "".join(seen[-5:]) + rest[-2000:]
+    rec = results.read(out / "results.json")
+    assert rec["status"] == "interrupted" and "SIGTERM" in rec["error"]

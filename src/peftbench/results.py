@@ -15,7 +15,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 FILENAME = "results.json"
-STATUSES = ("ok", "failed", "diverged", "oom", "refused")
+STATUSES = ("ok", "failed", "diverged", "oom", "refused", "interrupted")
 
 # key -> allowed JSON types; every record carries all of them (values may be empty dicts).
 REQUIRED: dict[str, tuple[type, ...]] = {

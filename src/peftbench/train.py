@@ -49,7 +49,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         part.setdefault("timings", {})["plan_s"] = plan_s
         return part
 
-    return record.finish(record.run_stages(rec, stages), out, time.time() - t_start)
+    rec = record.finish(record.run_stages(rec, stages), out, time.time() - t_start)
+    code = record.exit_code(rec)
+    if code is not None:  # recorded; now stop, as the signal asked (a sweep must not go on)
+        raise SystemExit(code)
+    return rec
 
 
 def main() -> None:

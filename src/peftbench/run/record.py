@@ -137,12 +137,32 @@ def run_stages(rec: dict[str, Any], stages: Any) -> dict[str, Any]:
     except PeftbenchError as e:
         rec.update(status="refused", error=str(e))
         log.error("refused: %s", e)
+    except (SystemExit, KeyboardInterrupt) as e:  # SIGTERM (a SLURM time limit, pre-emption) or Ctrl+C:
+        # Lightning turns both into SystemExit; record the run as interrupted (resumable), never as ok
+        rec.update(status="interrupted", error=f"{interruption(e)}; relaunch the same command to resume "
+                                               "from the last checkpoint")
+        log.error("interrupted: %s", rec["error"])
     except Exception as e:  # noqa: BLE001 - recorded, never lost; the sweep goes on
         status = classify(e)
         rec.update(status=status, error=f"{type(e).__name__}: {e}")
         rec.setdefault("traceback", traceback.format_exc())
         log.error("%s: %s", status, rec["error"])
     return rec
+
+
+def interruption(e: BaseException) -> str:
+    """What stopped the run: Lightning's SIGTERMException, or the 143 of an interrupted base stage."""
+    if type(e).__name__ == "SIGTERMException" or getattr(e, "code", None) == 143:
+        return "SIGTERM received"
+    return f"stopped ({type(e).__name__} {getattr(e, 'code', '') or ''})".replace(" )", ")")
+
+
+def exit_code(rec: dict[str, Any]) -> int | None:
+    """The code an interrupted run's process ends with (128 + SIGTERM, as the signal would):
+    a scheduler must see that the job did not finish."""
+    if rec["status"] != "interrupted":
+        return None
+    return 143 if rec["error"].startswith("SIGTERM") else 130
 
 
 def finish(rec: dict[str, Any], out: Path, total_s: float) -> dict[str, Any]:
