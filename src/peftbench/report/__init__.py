@@ -27,7 +27,7 @@ class ReportResult:
     markdown: str
     files: list[Path] = field(default_factory=list)
     n_ok: int = 0
-    n_failed: int = 0  # every run whose status is not "ok" (failed, diverged, oom, refused)
+    n_failed: int = 0  # every run whose status is not "ok" (failed, diverged, oom, refused, interrupted)
     skipped: list[Path] = field(default_factory=list)
     collection: Collection | None = None
 
