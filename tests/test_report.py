@@ -200,3 +200,33 @@ def test_results_files_are_valid_json_except_bad_ones() -> None:
         except (ValueError, results.SchemaError):
             bad.append(p.relative_to(RUNS).as_posix())
     assert bad == [CORRUPT, MISMATCH]
+
+
+def test_different_configurations_are_never_averaged_as_seeds(tmp_path):
+    """`method.r=2,16 seed=1,2` is two rows of two seeds, each labelled by what differs — not one
+    "lora" row of four; a different budget is a different row too; seeds alone never split a row."""
+    import copy
+    import json
+
+    from peftbench.report.collect import collect
+
+    src = sorted(RUNS.rglob("results.json"))
+    base = next(r for r in (json.loads(p.read_text()) for p in src) if r["status"] == "ok" and r["method"]["name"] == "lora")
+    n = 0
+    for r, steps in ((2, 100), (16, 100), (16, 200)):
+        for seed in (1, 2):
+            rec = copy.deepcopy(base)
+            rec["config"] = {**rec["config"], "seed": seed, "method": {"name": "lora", "r": r},
+                             "trainer": {"max_steps": steps}, "dataset": {"subset_seed": seed},
+                             "paths": {"output_dir": f"/somewhere/{n}"}}
+            rec.update(seed=seed, run_id=f"id{n}")
+            rec["params"] = {**rec["params"], "trainable": 100 * r}
+            (tmp_path / str(n)).mkdir()
+            (tmp_path / str(n) / "results.json").write_text(json.dumps(rec))
+            n += 1
+    groups = {g.method: g for g in collect([tmp_path]).groups}
+    assert set(groups) == {"lora [r=2, max_steps=100]", "lora [r=16, max_steps=100]", "lora [r=16, max_steps=200]"}
+    for label, g in groups.items():
+        assert g.seeds == (1, 2), label
+        assert g.params["trainable"].std == 0  # one configuration's count, not a mix of two
+    assert groups["lora [r=2, max_steps=100]"].params["trainable"].mean == 200

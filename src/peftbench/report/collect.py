@@ -8,6 +8,7 @@ files always give byte-identical tables.
 from __future__ import annotations
 
 import logging
+import json
 import math
 import os
 import statistics
@@ -215,6 +216,69 @@ def _stats(runs: list[dict[str, Any]], section: str, skip: Iterable[str] = ()) -
     return out
 
 
+# Config parts that say how a run was watched or measured, not what was trained: runs that differ
+# only there (or only in a seed) are seeds of one configuration.
+_NOT_CONFIG = ("paths", "hydra", "logger", "checkpoint", "callbacks", "measure", "perf", "forgetting",
+               "metric_aliases", "save_model", "optimized_metric", "trainer.enable_progress_bar",
+               "trainer.log_every_n_steps", "trainer.enable_model_summary", "data.num_workers",
+               "data.eval_batch_size")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_items(rec: dict[str, Any]) -> dict[str, str]:
+    """The record's resolved config as dotted keys, minus seeds and what does not change training."""
+    flat = _flat(rec.get("config") or {})
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in flat.items()
+            if "seed" not in k.rsplit(".", 1)[-1] and not any(k == n or k.startswith(n + ".") for n in _NOT_CONFIG)}
+
+
+def config_key(rec: dict[str, Any]) -> str:
+    return json.dumps(sorted(config_items(rec).items()))
+
+
+def variant_labels(buckets: dict[tuple[str, ...], list[dict[str, Any]]]) -> dict[tuple[str, ...], str]:
+    """For rows that share model, size, method and dataset but not their configuration: the keys
+    whose values differ (shortest unique suffix), so ``method.r=2,16`` makes two labelled rows."""
+    by_row: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for key in buckets:
+        by_row.setdefault(key[:4], []).append(key)
+    labels: dict[tuple[str, ...], str] = {}
+    for keys in by_row.values():
+        if len(keys) < 2:
+            continue
+        items = {k: config_items(buckets[k][0]) for k in keys}
+        names = sorted({n for it in items.values() for n in it})
+        differ = [n for n in names if len({it.get(n) for it in items.values()}) > 1]
+        short = _short_names(differ)
+        for k, it in items.items():
+            labels[k] = ", ".join(f"{short[n]}={json.loads(it[n]) if n in it else '-'}" for n in differ[:4]) + \
+                (", …" if len(differ) > 4 else "")
+    return labels
+
+
+def _short_names(names: list[str]) -> dict[str, str]:
+    """``method.r`` → ``r`` unless another differing key ends the same way."""
+    out = {}
+    for n in names:
+        parts = n.split(".")
+        for i in range(len(parts) - 1, -1, -1):
+            cand = ".".join(parts[i:])
+            if sum(1 for m in names if m == cand or m.endswith("." + cand)) == 1:
+                out[n] = cand
+                break
+        else:
+            out[n] = n
+    return out
+
+
 def _common(values: list[Any]) -> Any:
     """The value all runs agree on, else None (so a mixed budget is never shown as one)."""
     if values and all(v == values[0] for v in values):
@@ -222,7 +286,9 @@ def _common(values: list[Any]) -> Any:
     return None
 
 
-def _make_group(key: tuple[str, str, str, str], runs: list[dict[str, Any]]) -> Group:
+def _make_group(key: tuple[str, str, str, str], runs: list[dict[str, Any]], variant: str = "") -> Group:
+    """One row: the seeds of one configuration. ``variant`` names what sets it apart from other
+    rows of the same model, method and dataset (``lora [r=16]``)."""
     ok = [r for r in runs if r["status"] == "ok"]
     oom = [r for r in runs if r["status"] == "oom"]
     use = ok or oom
@@ -231,8 +297,8 @@ def _make_group(key: tuple[str, str, str, str], runs: list[dict[str, Any]]) -> G
     budgets = [r.get("budget") or {} for r in use]
     budget = {k: _common([b.get(k) for b in budgets]) for k in sorted({k for b in budgets for k in b})}
     g = Group(
-        model_family=key[0], model_size=key[1], method=key[2], dataset=key[3],
-        method_family=str(first["method"].get("family") or ""),
+        model_family=key[0], model_size=key[1], method=f"{key[2]} [{variant}]" if variant else key[2],
+        dataset=key[3], method_family=str(first["method"].get("family") or ""),
         task=str(first["dataset"].get("task") or ""),
         status="ok" if ok else "oom",
         runs=use, n_oom=len(oom),
@@ -288,7 +354,7 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
         good.append((_rel(root, path), rec))
     good = _dedupe(good)
 
-    buckets: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    buckets: dict[tuple[str, str, str, str, str], list[dict[str, Any]]] = {}
     failures: list[Failure] = []
     n_ok = 0
     for rel, rec in good:
@@ -303,12 +369,13 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
                 seed=rec["seed"], error=str(rec.get("error") or ""),
             ))
         if rec["status"] in ("ok", "oom"):
-            buckets.setdefault(key, []).append(rec)
+            buckets.setdefault((*key, config_key(rec)), []).append(rec)
 
+    labels = variant_labels(buckets)
     groups = []
     for key in sorted(buckets):
         runs = sorted(buckets[key], key=lambda r: (r["seed"], r["run_id"]))
-        groups.append(_make_group(key, runs))
+        groups.append(_make_group(key[:4], runs, labels.get(key, "")))
     groups = sort_groups(groups)
     failures.sort(key=lambda f: (f.model_family, f.model_size, f.dataset, f.method, f.seed, f.path))
     return Collection(groups=groups, failures=failures, skipped=skipped, n_ok=n_ok, n_files=len(files))
