@@ -70,9 +70,12 @@ def test_local_multirun_of_ddp_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     _run(["-m", *DDP, "method=lora,bitfit", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     files = sorted(tmp_path.rglob("results.json"))
-    assert files == [sweep / "0" / "results.json", sweep / "1" / "results.json"], files
-    for f, method in zip(files, ("lora", "bitfit")):
-        _check(json.loads(f.read_text()), method)
-    # no stray output dirs from the relaunched ranks
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert files == [j / "results.json" for j in jobs] and len(jobs) == 2, files  # one folder per job
+    recs = {json.loads(f.read_text())["method"]["name"]: json.loads(f.read_text()) for f in files}
+    for method in ("lora", "bitfit"):
+        _check(recs[method], method)
+    # job folders are named by the job's overrides (a hash when too long), never by position:
+    # no stray output dirs from the relaunched ranks either
+    assert not any(j.name.isdigit() for j in jobs)
     assert not (tmp_path / "outputs").exists()

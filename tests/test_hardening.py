@@ -252,3 +252,53 @@ def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path):
     assert p.returncode == 143, "".join(seen[-5:]) + rest[-2000:]
     rec = results.read(out / "results.json")
     assert rec["status"] == "interrupted" and "SIGTERM" in rec["error"]
+
+
+def test_job_folders_are_named_by_their_overrides():
+    from peftbench.run.record import job_dir
+
+    assert job_dir("method=lora,seed=2") == "method=lora,seed=2"
+    long = ",".join(f"k{i}=v{i}" for i in range(40))
+    assert job_dir(long).startswith("job-") and job_dir(long) == job_dir(long) != job_dir(long + "x")
+    assert job_dir("paths.data_dir=/a/b").startswith("job-")  # never a nested folder
+    assert job_dir("").startswith("job-")
+
+
+def test_extending_a_sweep_never_overwrites_a_finished_run(tmp_path):
+    """`method=lora,bitfit seed=1`, then `seed=1,2` in the same sweep dir: with folders numbered by
+    position, job 1 (lora, seed 2) used to train over bitfit/seed 1's finished folder. Now every
+    finished record is kept untouched (skipped, not retrained); and a folder holding another
+    configuration's finished run is refused, its record left as it was."""
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    common = [sys.executable, "-m", "peftbench.train", "-m", "model=bert", "model_size=tiny", "method=lora,bitfit",
+              "trainer.max_steps=1", "dataset.train_limit=16", "dataset.val_limit=8", "logger=none",
+              "measure.inference_overhead=false", "measure.changed=false", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ)
+
+    def records() -> dict[tuple[str, int], str]:
+        out = {}
+        for f in sweep.glob("*/results.json"):
+            rec = results.read(f)
+            out[(rec["method"]["name"], rec["seed"])] = f.read_text()
+        return out
+
+    p = subprocess.run([*common, "seed=1"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = records()
+    p = subprocess.run([*common, "seed=1,2"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    second = records()
+    assert sorted(second) == [("bitfit", 1), ("bitfit", 2), ("lora", 1), ("lora", 2)]
+    assert all(second[k] == v for k, v in first.items())  # the finished runs, byte for byte
+
+    folder = next(f.parent for f in sweep.glob("*/results.json") if results.read(f)["method"]["name"] == "lora")
+    before = (folder / "results.json").read_text()
+    p = subprocess.run([sys.executable, "-m", "peftbench.train", "model=bert", "model_size=tiny", "method=ia3",
+                        "trainer.max_steps=1", "dataset.train_limit=16", "dataset.val_limit=8", "logger=none",
+                        f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 2 and "another configuration" in p.stderr + p.stdout
+    assert (folder / "results.json").read_text() == before

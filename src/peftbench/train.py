@@ -16,16 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 from peftbench import results
 from peftbench.config.paths import conf_dir
 from peftbench.config.plan import make_plan
+from peftbench.errors import ConfigError
+from peftbench.run import record
 from peftbench.run.pipeline import execute
 from peftbench.run.stages import run_base_stage
 
 log = logging.getLogger("peftbench")
+# sweep job folders named by their overrides (conf/hydra/default.yaml); registered on import, so a
+# SLURM job that unpickles the task function resolves it too
+OmegaConf.register_new_resolver("peftbench.job_dir", record.job_dir, replace=True)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one configuration; always returns (and on rank 0 writes) a validated record."""
-    from peftbench.run import record
-
     out = record.output_dir(cfg)
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = str(out)
@@ -36,6 +39,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return {**done, "skipped": True}
     t_start = time.time()
     rec = record.base_record(cfg, rid)
+    try:
+        record.check_other_run(out, rid)
+    except ConfigError as e:  # refused, and nothing written over the other run's record
+        log.error("refused: %s", e)
+        return {**rec, "status": "refused", "error": str(e)}
 
     def stages() -> dict[str, Any]:
         record.check_writable(out)

@@ -84,6 +84,29 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(d)
 
 
+def job_dir(overrides: str) -> str:
+    """A sweep job's folder name from its overrides (Hydra's ``override_dirname``): readable when
+    it is a short plain name, else ``job-<hash>``; the same overrides, the same folder."""
+    import hashlib
+    import re
+
+    if overrides and len(overrides) <= 120 and re.fullmatch(r"[\w.=,+\-\[\]]+", overrides):
+        return overrides
+    return "job-" + hashlib.sha1(overrides.encode()).hexdigest()[:12]
+
+
+def check_other_run(out: Path, rid: str) -> None:
+    """A folder holding another configuration's finished run is never overwritten."""
+    path = out / results.FILENAME
+    try:
+        rec = results.read(path) if path.exists() else None
+    except results.SchemaError:
+        return
+    if rec is not None and rec["status"] == "ok" and rec["run_id"] != rid:
+        raise ConfigError(f"{out} holds the finished run {rec['run_id']} of another configuration; "
+                          "choose another output folder (it is kept as it is)", option="hydra.run.dir")
+
+
 def check_writable(out: Path) -> None:
     """A read-only or full output dir is found before training, not after it."""
     try:
