@@ -230,3 +230,33 @@ def test_different_configurations_are_never_averaged_as_seeds(tmp_path):
         assert g.seeds == (1, 2), label
         assert g.params["trainable"].std == 0  # one configuration's count, not a mix of two
     assert groups["lora [r=2, max_steps=100]"].params["trainable"].mean == 200
+
+
+def test_report_refusals_and_hostile_records(tmp_path):
+    """A missing folder is an error (exit 2, nothing written beside it); a record nested deeper than
+    Python's stack, or with schema version 0 or -5, is skipped with its reason, not a crash; a
+    dataset name with a line break cannot inject a heading into report.md."""
+    import copy
+
+    from peftbench.report import build_report
+
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no such folder" in p.stderr
+    assert not (tmp_path / "report").exists()
+
+    runs = tmp_path / "runs"
+    good = next(r for r in (json.loads(f.read_text()) for f in sorted(RUNS.rglob("results.json"))) if r["status"] == "ok")
+    for name, rec in (("deep", None), ("v0", {**good, "schema_version": 0}), ("vneg", {**good, "schema_version": -5}),
+                      ("inject", copy.deepcopy(good))):
+        (runs / name).mkdir(parents=True)
+        if rec is None:
+            (runs / name / "results.json").write_text("[" * 100_000 + "]" * 100_000)
+            continue
+        if name == "inject":
+            rec["dataset"]["name"] = "sst2\n## injected heading"
+        (runs / name / "results.json").write_text(json.dumps(rec))
+    res = build_report([runs], tmp_path / "rep", formats=("md",), plots=False)
+    assert sorted(Path(s).parent.name for s in res.skipped) == ["deep", "v0", "vneg"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "\n## injected heading" not in md and "sst2 ## injected heading" in md

@@ -56,6 +56,8 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
             raise SchemaError(f"missing key '{key}'")
         if not isinstance(rec[key], types) or (types == (int,) and isinstance(rec[key], bool)):
             raise SchemaError(f"key '{key}' has type {type(rec[key]).__name__}")
+    if rec["schema_version"] < 1:
+        raise SchemaError(f"schema_version {rec['schema_version']} is not a version (they start at 1)")
     if rec["schema_version"] > SCHEMA_VERSION:
         raise SchemaError(f"schema_version {rec['schema_version']} is newer than {SCHEMA_VERSION}")
     if rec["status"] not in STATUSES:
@@ -108,7 +110,7 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate; raises SchemaError (or json errors wrapped in it) on a bad file."""
     try:
         rec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # nested past Python's stack
         raise SchemaError(f"{path}: unreadable ({e})") from e
     try:
         return validate(rec)

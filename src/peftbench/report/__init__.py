@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftbench.errors import ConfigError
 from peftbench.report.collect import Collection, Failure, Group, Skipped, Stat, collect
 from peftbench.report.tables import build_tables, failures_csv, to_csv, to_html, to_latex, to_markdown
 
@@ -53,6 +54,9 @@ def build_report(
     dirs = [Path(d) for d in dirs]
     if not dirs:
         raise ValueError("build_report needs at least one directory")
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:  # a typo must not write an empty report beside the folder it meant
+        raise ConfigError(f"no such folder: {', '.join(missing)}", option="dirs")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")

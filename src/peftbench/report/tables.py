@@ -320,7 +320,9 @@ def _fail_row(f: Any) -> list[str]:
 # ---------------------------------------------------------------- markdown
 
 def _md_escape(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """One line of inert text: a name from a record can neither split a table cell nor start a
+    heading of its own (line breaks of any kind, U+2028 included, become spaces)."""
+    return " ".join(str(s).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
@@ -338,9 +340,9 @@ def to_markdown(coll: Collection, tables: Sequence[Table] | None = None,
     if tables:
         lines += [PARAM_NOTE, "", "Metrics: mean ± sample std (n seeds); best per column in bold.", ""]
     for (fam, size), ts in _blocks(tables):
-        lines += [f"## {fam} · {size}", ""]
+        lines += [f"## {_md_escape(fam)} · {_md_escape(size)}", ""]
         for t in ts:
-            lines += [f"### {t.dataset}" + (f" ({t.task})" if t.task else ""), ""]
+            lines += [f"### {_md_escape(t.dataset)}" + (f" ({_md_escape(t.task)})" if t.task else ""), ""]
             rows = [[(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text)) for c in r]
                     for r in t.rows]
             lines += _md_table([c.header for c in t.columns], rows, [c.numeric for c in t.columns])
