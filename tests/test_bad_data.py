@@ -52,14 +52,14 @@ def test_missing_column(tmp_path, compose_run):
 def test_missing_cell_names_row(tmp_path, compose_run):
     d = _sst2_dir(tmp_path, "sentence\tlabel\ngood\t1\nno label here\nbad\t0\n")
     err = _refusal(compose_run, d)
-    assert f"{d / 'train.tsv'} row 2: column 'label' is missing" in str(err)
+    assert f"{d / 'train.tsv'} line 3: column 'label' is missing" in str(err)  # the file's line, header included
 
 
 @pytest.mark.parametrize("label, expect", [("7", "label 7 is outside 0..1"), ("maybe", "label 'maybe' is not in the label set")])
 def test_label_outside_label_set(tmp_path, compose_run, label, expect):
     d = _sst2_dir(tmp_path, f"sentence\tlabel\ngood\t1\nbad\t0\nodd\t{label}\n")
     err = _refusal(compose_run, d)
-    assert f"{d / 'train.tsv'} row 3: {expect}" in str(err)
+    assert f"{d / 'train.tsv'} line 4: {expect}" in str(err)
     assert err.option == "dataset.label_names"
 
 
@@ -108,3 +108,45 @@ def test_missing_image_path_names_file_and_row(tmp_path):
     (d / "annotations.json").write_text(json.dumps(rows))
     with pytest.raises(DataError, match=r"annotations\.json row 2: image 'images/missing\.png' not found"):
         read_annotations(d)
+
+
+# ---- valid data that used to be refused with the wrong message, or silently cut ----------------------
+def _plan(compose_run, d: Path, *extra: str):
+    return make_plan(compose_run("model=bert", "dataset=sst2", f"dataset.local.dir={d}", *extra))
+
+
+def test_line_separators_and_form_feeds_are_text_not_line_breaks(tmp_path, compose_run):
+    d = _sst2_dir(tmp_path, "sentence\tlabel\na fine\u2028film\t1\na dull\x0cfilm\t0\n")
+    texts = _plan(compose_run, d).examples["train"].columns["text"]
+    assert texts == ["a fine\u2028film", "a dull\x0cfilm"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path, compose_run):
+    d = _sst2_dir(tmp_path, "\ufeffsentence\tlabel\na fine film\t1\na dull film\t0\n".encode())
+    assert _plan(compose_run, d).examples["train"].columns["label"] == [1, 0]
+
+
+def test_a_two_megabyte_line_is_read(tmp_path, compose_run):
+    long = "word " * 400_000
+    d = _sst2_dir(tmp_path, f"sentence\tlabel\n{long}\t1\na dull film\t0\n")
+    assert len(_plan(compose_run, d).examples["train"].columns["text"][0]) == len(long)
+
+
+def test_an_extra_tab_is_refused_not_cut(tmp_path, compose_run):
+    d = _sst2_dir(tmp_path, "sentence\tlabel\na fine film\t1\na dull\tfilm\t0\n")
+    err = _refusal(compose_run, d)
+    assert "train.tsv line 3: 3 fields but the header has 2" in str(err)
+
+
+def test_refusals_name_the_file_line_even_in_a_subsample(tmp_path, compose_run):
+    rows = "".join(f"film {i}\t{i % 2}\n" for i in range(40)) + "bad film\t7\n"
+    d = _sst2_dir(tmp_path, "sentence\tlabel\n" + rows)
+    err = _refusal(compose_run, d, "dataset.train_limit=41")  # all rows, subsampled order-preserving
+    assert "train.tsv line 42: label 7 is outside" in str(err)
+
+
+def test_hopeless_training_sets_are_warned_about(tmp_path, compose_run, caplog):
+    d = _sst2_dir(tmp_path, "sentence\tlabel\na fine film\t1\nanother fine film\t1\n")
+    with caplog.at_level(logging.WARNING, logger="peftbench"):
+        _plan(compose_run, d)
+    assert "every training label is 1" in caplog.text

@@ -104,7 +104,7 @@ def _local_dataset(tmp_path, text: bytes, name="train.tsv"):
 @pytest.mark.parametrize("content,match", [
     (b"", "is empty"),
     (b"text\tlabel\nhello\t1\n", "no column 'sentence'"),
-    (b"sentence\tlabel\nfine\t1\nbad\t7\n", r"row 2: label 7 is outside"),
+    (b"sentence\tlabel\nfine\t1\nbad\t7\n", r"line 3: label 7 is outside"),  # the file line, header included
 ])
 def test_bad_dataset_files_refused_naming_file_and_row(compose_run, tmp_path, content, match):
     from peftbench.config.plan import make_plan

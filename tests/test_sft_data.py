@@ -134,7 +134,7 @@ def test_tokenize_split_every_format(fmt, file, chat_tok, tmp_path):
 def test_bad_messages_refused():
     ds = {"name": "bad", "task": "causal_lm", "format": "messages",
           "local": {"dir": str(SFT), "files": {"train": "bad_messages.jsonl"}}, "val_fraction": 0.5}
-    with pytest.raises(DataError, match=r"\[dataset.format\].*row 2: unknown role\(s\) \['bot'\]"):
+    with pytest.raises(DataError, match=r"\[dataset.format\].*line 2: unknown role\(s\) \['bot'\]"):
         load_examples(ds, None)
 
 

@@ -3,12 +3,15 @@ checking labels and columns row by row before anything is tokenized."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from peftbench.data.sources import column, load_hub, local_dir, read_rows, split_file
+from peftbench.data.sources import at, column, load_hub, local_dir, read_rows, split_file
 from peftbench.errors import ConfigError, DataError
+
+log = logging.getLogger("peftbench")
 
 SPLITS = ("train", "validation", "test")
 
@@ -24,8 +27,10 @@ class SplitExamples:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
-def _label_ids(values: list[Any], names: list[str] | None, path: str, option: str) -> list[int]:
-    """Labels may be indices (0, 1, "1") or names ("Sci/Tech"); refuse anything outside the set."""
+def _label_ids(values: list[Any], names: list[str] | None, path: str, option: str,
+               rows: list[dict[str, Any]]) -> list[int]:
+    """Labels may be indices (0, 1, "1") or names ("Sci/Tech"); refuse anything outside the set,
+    naming the file line."""
     names = list(names or [])
     index = {n: i for i, n in enumerate(names)}
     out = []
@@ -37,11 +42,20 @@ def _label_ids(values: list[Any], names: list[str] | None, path: str, option: st
         try:
             k = int(s)
         except ValueError:
-            raise DataError(f"{path} row {i + 1}: label '{s}' is not in the label set {names}", option=option) from None
+            raise DataError(f"{path} {at(rows, i)}: label '{s}' is not in the label set {names}", option=option) from None
         if names and not 0 <= k < len(names):
-            raise DataError(f"{path} row {i + 1}: label {k} is outside 0..{len(names) - 1} ({names})", option=option)
+            raise DataError(f"{path} {at(rows, i)}: label {k} is outside 0..{len(names) - 1} ({names})", option=option)
         out.append(k)
     return out
+
+
+def _warn_degenerate(train: SplitExamples, src: str) -> None:
+    """Valid but hopeless training data is said out loud (it would train, and score the majority)."""
+    labels = train.columns["label"]
+    if len(labels) < 2:
+        log.warning("%s: only %d training example(s): the run can learn next to nothing", src, len(labels))
+    elif len(set(labels)) == 1:
+        log.warning("%s: every training label is %s: the run can only learn to answer it always", src, labels[0])
 
 
 def _subset(n: int, limit: int | None, seed: int) -> list[int]:
@@ -75,7 +89,9 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
         if loc.get("text_pair") is not None:
             out.columns["text_pair"] = [str(x) for x in column(rows, loc["text_pair"], src, "dataset.local.text_pair")]
         labels = column(rows, loc.get("label", "label"), src, "dataset.local.label")
-        out.columns["label"] = _label_ids(labels, ds.get("label_names"), src, "dataset.label_names")
+        out.columns["label"] = _label_ids(labels, ds.get("label_names"), src, "dataset.label_names", rows)
+        if split == "train":
+            _warn_degenerate(out, src)
     elif task == "causal_lm":
         fmt = ds.get("format", "alpaca")
         if fmt == "text":
@@ -85,12 +101,12 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
             msgs = column(rows, loc.get("messages", "messages"), src, "dataset.local.messages")
             for i, m in enumerate(msgs):
                 if not isinstance(m, list) or not all(isinstance(t, dict) and "role" in t and "content" in t for t in m):
-                    raise DataError(f"{src} row {i + 1}: 'messages' must be a list of {{role, content}}", option="dataset.format")
+                    raise DataError(f"{src} {at(rows, i)}: 'messages' must be a list of {{role, content}}", option="dataset.format")
                 bad = sorted({str(t["role"]) for t in m} - {"system", "user", "assistant"})
                 if bad:
-                    raise DataError(f"{src} row {i + 1}: unknown role(s) {bad} (system | user | assistant)", option="dataset.format")
+                    raise DataError(f"{src} {at(rows, i)}: unknown role(s) {bad} (system | user | assistant)", option="dataset.format")
                 if not any(t["role"] == "assistant" for t in m):
-                    raise DataError(f"{src} row {i + 1}: no assistant turn, so nothing to train on", option="dataset.format")
+                    raise DataError(f"{src} {at(rows, i)}: no assistant turn, so nothing to train on", option="dataset.format")
             out.columns["messages"] = msgs
         elif fmt in ("alpaca", "prompt_response"):
             if fmt == "alpaca":

@@ -4,7 +4,9 @@ checks that name the file and row before anything is tokenized."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,17 +48,26 @@ def _fmt(path: Path, fmt: str | None) -> str:
     return {"txt": "text", "jsonl": "jsonl", "json": "json", "csv": "csv", "tsv": "tsv", "parquet": "parquet"}.get(suf, "tsv")
 
 
+LINE = "__line__"  # each row's line in its file (messages name it; never a data column)
+
+
+def at(rows: list[dict[str, Any]], i: int) -> str:
+    """Where row ``i`` of a (possibly subsampled) list came from: its line in the file."""
+    return f"line {rows[i].get(LINE, i + 1)}" if isinstance(rows[i], dict) else f"row {i + 1}"
+
+
 def read_rows(path: Path, fmt: str | None = None, header: bool = True, sep: str | None = None,
               columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows as dicts. Headerless delimited files get columns named by position ("0", "1", …) or by
-    ``columns``. Non-UTF-8 bytes are refused with the line number."""
+    """Rows as dicts, each with its file line (``LINE``). Headerless delimited files get columns
+    named by position ("0", "1", …) or by ``columns``. Non-UTF-8 bytes are refused with the line
+    number; a UTF-8 byte-order mark is not part of the first column's name."""
     fmt = _fmt(path, fmt)
     try:
         if fmt == "parquet":
             import pandas as pd
 
-            return pd.read_parquet(path).to_dict("records")
-        text = path.read_bytes().decode("utf-8")
+            return [{**r, LINE: i + 1} for i, r in enumerate(pd.read_parquet(path).to_dict("records"))]
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise DataError(f"{path} line {line}: not valid UTF-8 ({e.reason})", option="dataset.local") from e
@@ -69,28 +80,47 @@ def read_rows(path: Path, fmt: str | None = None, header: bool = True, sep: str 
             raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg})", option="dataset.local") from e
         if isinstance(data, dict):  # {"data": [...]} style
             data = next((v for v in data.values() if isinstance(v, list)), [data])
-        return list(data)
+        return [{**r, LINE: i + 1} if isinstance(r, dict) else r for i, r in enumerate(data)]
     if fmt == "jsonl":
         rows = []
-        for i, line in enumerate(text.splitlines(), 1):
+        # "\n" alone ends a record: U+2028, form feeds and the like are text (str.splitlines would cut there)
+        for i, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path} line {i}: invalid JSON ({e.msg})", option="dataset.local") from e
+                rows.append({**rec, LINE: i} if isinstance(rec, dict) else rec)
         return rows
     if fmt == "text":
         return [{"text": text}]
-    delim = sep or ("\t" if fmt == "tsv" else ",")
-    reader = csv.reader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
-    rows_raw = [r for r in reader if r]
+    return _delimited(path, text, sep or ("\t" if fmt == "tsv" else ","), header, columns)
+
+
+def _delimited(path: Path, text: str, delim: str, header: bool, columns: list[str] | None) -> list[dict[str, Any]]:
+    """CSV/TSV with the file's own line numbers; only a line break ends a row (not U+2028 or a
+    form feed inside the text), a field may be as long as the file, and a row with more fields
+    than the header (an unescaped tab in the text) is refused rather than silently cut."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim,
+                        quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+    rows_raw: list[tuple[int, list[str]]] = []
+    try:
+        for r in reader:
+            if r:
+                rows_raw.append((reader.line_num, r))
+    except csv.Error as e:
+        raise DataError(f"{path} line {reader.line_num}: {e}", option="dataset.local") from e
     if header:
-        names, rows_raw = rows_raw[0], rows_raw[1:]
+        names, rows_raw = rows_raw[0][1], rows_raw[1:]
+        for line, r in rows_raw:
+            if len(r) > len(names):
+                raise DataError(f"{path} line {line}: {len(r)} fields but the header has {len(names)} (a "
+                                f"{'tab' if delim == chr(9) else 'separator'} inside the text? quote or escape it)",
+                                option="dataset.local")
     else:
-        names = columns or [str(i) for i in range(max(len(r) for r in rows_raw))]
-    out = []
-    for r in rows_raw:
-        out.append({n: (r[i] if i < len(r) else None) for i, n in enumerate(names)})
+        names = columns or [str(i) for i in range(max(len(r) for _, r in rows_raw))]
+    out = [{**{n: (r[i] if i < len(r) else None) for i, n in enumerate(names)}, LINE: line} for line, r in rows_raw]
     if not out:
         raise DataError(f"dataset file {path} has a header but no rows", option="dataset.local")
     return out
@@ -100,12 +130,12 @@ def column(rows: list[dict[str, Any]], key: Any, path: Path | str, option: str) 
     """The values of one column (name or position), refusing a missing column or empty cells by row."""
     key = str(key)
     if key not in rows[0]:
-        raise DataError(f"{path}: no column '{key}' (columns: {list(rows[0])})", option=option)
+        raise DataError(f"{path}: no column '{key}' (columns: {[c for c in rows[0] if c != LINE]})", option=option)
     vals = []
     for i, r in enumerate(rows):
         v = r.get(key)
         if v is None:
-            raise DataError(f"{path} row {i + 1}: column '{key}' is missing", option=option)
+            raise DataError(f"{path} {at(rows, i)}: column '{key}' is missing", option=option)
         vals.append(v)
     return vals
 
