@@ -134,3 +134,29 @@ def test_export_refuses_a_folder_without_results(tmp_path):
 
     with pytest.raises(ConfigError, match="no results.json"):
         export_run(tmp_path)
+
+
+def test_export_trusts_nothing_it_reads(tmp_path, monkeypatch):
+    """A results.json may come from anyone's folder: its trust_remote_code is ignored (only the
+    command line can allow a model's own code) and a missing adapter never falls back to the
+    current directory."""
+    import json
+
+    from peftbench.cli.export import _adapter_dir, _plan
+    from peftbench.errors import ConfigError
+
+    rec = {"config": {}, "artifacts": {"adapter_dir": ""}}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "some_file").write_text("x")  # a non-empty current directory
+    with pytest.raises(ConfigError, match="no saved adapter"):
+        _adapter_dir(rec, tmp_path / "run")
+    from peftbench.config.compose import compose
+
+    cfg = compose(["model=bert", "model_size=tiny", "method=lora", "model.trust_remote_code=true"],
+                  output_dir=str(tmp_path / "r"))
+    from omegaconf import OmegaConf
+
+    record = {"config": json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))}
+    cfg2, plan = _plan(record)
+    assert cfg2.model.trust_remote_code is False and plan.spec.trust_remote_code is False
+    assert _plan(record, trust_remote_code=True)[1].spec.trust_remote_code is True

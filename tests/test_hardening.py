@@ -302,3 +302,24 @@ def test_extending_a_sweep_never_overwrites_a_finished_run(tmp_path):
                         f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 2 and "another configuration" in p.stderr + p.stdout
     assert (folder / "results.json").read_text() == before
+
+
+def test_records_are_readable_by_others_and_refusal_tags_are_printed(tmp_path):
+    """results.json is 0644 like every other file (mkstemp made it 0600: a cluster's other users'
+    reports skipped it); the printed summary keeps a refusal's [option] tag (rich read it as markup)."""
+    import io
+    import os
+    import stat
+
+    from peftbench.run.summary import render_summary
+
+    rec = results.empty_record(run_id="x", status="refused", error="[method.r] must be a finite number > 0, got 0")
+    old = os.umask(0o022)
+    try:
+        path = results.write(tmp_path, rec)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    buf = io.StringIO()
+    render_summary(rec, tmp_path, stream=buf)
+    assert "[method.r] must be" in buf.getvalue()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from peftbench import results
+from peftbench.errors import ConfigError
 from peftbench.report import build_report, collect
 from peftbench.report.collect import Stat, size_rank
 from peftbench.report.plots import headline_metric, pareto_front
@@ -127,8 +128,9 @@ def test_single_run_and_empty(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = build_report([empty], tmp_path / "eo")
-    assert res.n_ok == 0 and "0 ok runs" in res.markdown
+    with pytest.raises(ConfigError, match="no results.json under"):  # nothing to report: an error, nothing written
+        build_report([empty], tmp_path / "eo")
+    assert not (tmp_path / "eo").exists()
 
 
 def test_oom_only_and_minimal_record(tmp_path: Path) -> None:

@@ -86,6 +86,12 @@ def run_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write(path: str | os.PathLike, rec: dict[str, Any]) -> Path:
     """Validate, then write via a temp file + rename so a crash never leaves half a file."""
     validate(rec)
@@ -94,6 +100,7 @@ def write(path: str | os.PathLike, rec: dict[str, Any]) -> Path:
         path = path / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644 & ~_umask())  # mkstemp's 0600 would hide records from a cluster's other users
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(rec, f, indent=2, sort_keys=True, default=str, allow_nan=True)

@@ -43,19 +43,23 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 
 def _adapter_dir(rec: dict[str, Any], run_dir: Path) -> Path:
     # The run folder may have moved (copied off a cluster): prefer <run_dir>/adapter.
-    for cand in (run_dir / "adapter", Path((rec.get("artifacts") or {}).get("adapter_dir") or "")):
-        if str(cand) and cand.is_dir() and any(cand.iterdir()):
+    recorded = (rec.get("artifacts") or {}).get("adapter_dir")
+    for cand in [run_dir / "adapter", *([Path(recorded)] if recorded else [])]:  # never "" → the current dir
+        if cand.is_dir() and any(cand.iterdir()):
             return cand
     raise ConfigError(f"no saved adapter under {run_dir / 'adapter'}", option="run_dir")
 
 
-def _plan(rec: dict[str, Any]):
+def _plan(rec: dict[str, Any], trust_remote_code: bool = False):
+    """The run's plan from its record. A record can come from anyone's folder: running a model's
+    own code (``trust_remote_code``) is decided on the command line, never by the file."""
     from omegaconf import OmegaConf
 
     from peftbench.config.plan import make_plan
 
     cfg = OmegaConf.create(rec["config"])
     OmegaConf.set_struct(cfg, False)
+    cfg.model.trust_remote_code = bool(trust_remote_code)
     return cfg, make_plan(cfg, load_data=False)
 
 
@@ -69,14 +73,14 @@ def _base(cfg, plan, load_kwargs: dict[str, Any] | None = None):
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool = False,
-               overwrite: bool = False) -> ExportResult:
+               overwrite: bool = False, trust_remote_code: bool = False) -> ExportResult:
     """Export the run in ``run_dir`` into ``out`` (default ``<run_dir>/export`` or ``…/merged``)."""
     from peftbench.methods.peft_base import PeftMethod
 
     run_dir = Path(run_dir)
     rec = _read_run(run_dir)
     adapter = _adapter_dir(rec, run_dir)
-    cfg, plan = _plan(rec)
+    cfg, plan = _plan(rec, trust_remote_code)
     method = plan.method
     out = Path(out) if out else run_dir / ("merged" if merge else "export")
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -52,7 +52,8 @@ def _list(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from peftbench.cli.export import export_run
 
-    res = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
+    res = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite,
+                     trust_remote_code=args.trust_remote_code)
     how = {"peft": "peft adapter (PeftModel.from_pretrained / AutoPeftModelFor*.from_pretrained)",
            "merged": "merged Hugging Face model (AutoModelFor*.from_pretrained)",
            "peftbench": "peftbench adapter (safetensors + method.json; peft has no such method)"}[res.kind]
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output folder (default: <run_dir>/export or <run_dir>/merged)")
     ex.add_argument("--merge", action="store_true", help="fold the update into the base and save a plain HF model")
     ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    ex.add_argument("--trust-remote-code", action="store_true",
+                    help="let the model's own code run (never taken from results.json, which anyone could have written)")
     ex.set_defaults(fn=_export)
 
     from peftbench.run.allocator import MODES  # ctypes + platform only: --help stays fast

@@ -63,6 +63,8 @@ def build_report(
     out_dir = Path(out) if out is not None else (dirs[0] if dirs[0].is_dir() else dirs[0].parent) / "report"
 
     coll = collect(dirs)
+    if not coll.n_files:  # nothing to report: say so, write nothing
+        raise ConfigError(f"no results.json under {', '.join(map(str, dirs))}", option="dirs")
     tables = build_tables(coll)
     files: list[Path] = []
     images: list[Path] = []

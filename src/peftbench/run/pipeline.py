@@ -231,11 +231,7 @@ def record(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted, part: dict[str
     part["metrics"].update({alias: part["metrics"][src] for alias, src in aliases.items() if src in part["metrics"]})
     if plan.cfg.get("save_model"):
         part["artifacts"]["model_dir"] = str(save_model(plan, adapted))
-    if fitted.parts.checkpoint is not None and not plan.cfg.checkpoint.get("keep", False):
-        from peftbench.run import resume
-
-        resume.remove_checkpoints(plan.out)  # the adapter and results.json are what a finished run keeps
-    return part
+    return part  # checkpoints are removed by run.record.finish, once results.json is on disk
 
 
 def save_model(plan: Plan, adapted: Adapted) -> Any:

@@ -203,6 +203,12 @@ def finish(rec: dict[str, Any], out: Path, total_s: float) -> dict[str, Any]:
         results.write(out, rec)
     except OSError as e:
         log.error("could not write results.json to %s: %s", out, e)
+    else:  # only now: a kill before this line still finds the checkpoints to resume from
+        keep = ((rec.get("config") or {}).get("checkpoint") or {}).get("keep", False)
+        if rec["status"] == "ok" and not keep:
+            from peftbench.run.resume import remove_checkpoints
+
+            remove_checkpoints(out)  # the adapter and results.json are what a finished run keeps
     try:
         from peftbench.run.summary import render_summary
 

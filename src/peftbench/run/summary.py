@@ -65,6 +65,7 @@ def render_summary(rec: Mapping[str, Any], out: Path | None = None, stream: Text
     sections = summary_rows(rec, out)
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         lines = []
@@ -79,7 +80,8 @@ def render_summary(rec: Mapping[str, Any], out: Path | None = None, stream: Text
     for title, rows in sections:
         table.add_row(f"[cyan]{title}[/cyan]", "")
         for k, v in rows:
-            table.add_row(f"  {k}", v, style="red" if title == "run" and k == "status" and rec.get("status") != "ok" else None)
+            table.add_row(escape(f"  {k}"), escape(v),  # values are text: "[method.r]" is not a markup tag
+                          style="red" if title == "run" and k == "status" and rec.get("status") != "ok" else None)
     try:
         tty = bool(stream.isatty())
     except (AttributeError, ValueError):
