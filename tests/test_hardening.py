@@ -323,3 +323,35 @@ def test_records_are_readable_by_others_and_refusal_tags_are_printed(tmp_path):
     buf = io.StringIO()
     render_summary(rec, tmp_path, stream=buf)
     assert "[method.r] must be" in buf.getvalue()
+
+
+def test_a_second_process_in_a_run_folder_is_refused(tmp_path, compose_run):
+    """Two processes in one run dir used to both train (metrics twice, a later one resuming from
+    the first one's half-written checkpoint): the second is refused, naming the holder."""
+    import os
+
+    from peftbench.run.record import FolderLock
+    from peftbench.train import train
+
+    cfg = compose_run("model=bert", "method=lora", *FAST1, out=tmp_path / "run")
+    with FolderLock(tmp_path / "run"):  # as another process would hold it
+        rec = train(cfg)
+    assert rec["status"] == "refused" and "in use by pid" in rec["error"] and str(os.getpid()) in rec["error"]
+    assert not (tmp_path / "run" / "results.json").exists()  # nothing written into the holder's folder
+    assert train(cfg)["status"] == "ok"  # released: the folder is free again
+
+
+def test_dataset_names_never_reach_cache_paths(tmp_path):
+    from peftbench.data.examples import SplitExamples
+    from peftbench.data.tokenize import tokenize_split
+    from peftbench.models import load_tokenizer, resolve_spec
+    from omegaconf import OmegaConf
+
+    from peftbench.config.paths import conf_dir
+
+    tok = load_tokenizer(resolve_spec(OmegaConf.load(conf_dir() / "model" / "bert.yaml"), "tiny"))
+    ex = SplitExamples("train", "x", {"text": ["a film"], "label": [1]})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tokenize_split(ex, tok, {"name": "../../escape", "task": "classification", "max_length": 8}, cache)
+    assert not list(tmp_path.glob("escape*")) and list(cache.glob("*escape*.arrow"))

@@ -39,9 +39,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return {**done, "skipped": True}
     t_start = time.time()
     rec = record.base_record(cfg, rid)
+    lock = record.FolderLock(out)
     try:
         record.check_other_run(out, rid)
-    except ConfigError as e:  # refused, and nothing written over the other run's record
+        lock.__enter__()
+    except ConfigError as e:  # refused, and nothing written over the other run's folder
         log.error("refused: %s", e)
         return {**rec, "status": "refused", "error": str(e)}
 
@@ -57,7 +59,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         part.setdefault("timings", {})["plan_s"] = plan_s
         return part
 
-    rec = record.finish(record.run_stages(rec, stages), out, time.time() - t_start)
+    try:
+        rec = record.finish(record.run_stages(rec, stages), out, time.time() - t_start)
+    finally:
+        lock.__exit__()
     code = record.exit_code(rec)
     if code is not None:  # recorded; now stop, as the signal asked (a sweep must not go on)
         raise SystemExit(code)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from typing import Any, Mapping
 
 from peftbench.data.examples import SplitExamples
@@ -114,7 +115,8 @@ def tokenize_split(ex: SplitExamples, tok, ds: Mapping[str, Any], cache_dir) -> 
     datasets.disable_progress_bars()
     task, max_len = ds["task"], int(ds.get("max_length", 128))
     key = _cache_key(ex, tok, ds)
-    cache_file = str(cache_dir / f"{ds['name']}-{ex.split}-{key}.arrow")
+    safe = re.sub(r"[^\w.-]", "_", str(ds["name"])).lstrip(".")  # a name is never a path ("../x")
+    cache_file = str(cache_dir / f"{safe}-{ex.split}-{key}.arrow")
     if os.path.exists(cache_file):  # a repeated run: open the cached arrow file, build nothing
         return _count_truncated(datasets.Dataset.from_file(cache_file), ex, ds, max_len)
     base = datasets.Dataset.from_dict({k: v for k, v in ex.columns.items()})

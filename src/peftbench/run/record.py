@@ -107,6 +107,43 @@ def check_other_run(out: Path, rid: str) -> None:
                           "choose another output folder (it is kept as it is)", option="hydra.run.dir")
 
 
+class FolderLock:
+    """One process per run folder: a second one (a double submit, a relaunch while the first
+    still runs) is refused with the holder's pid and host, instead of training beside it and
+    resuming from its half-written checkpoint. DDP ranks of one run share their rank 0's lock."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.file = out / ".peftbench.lock", None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+        import socket
+
+        if rank() != 0:  # a DDP / SLURM rank > 0 runs inside its rank 0's hold
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"{self.path.parent} is in use by {holder}; wait for it, or use another output folder",
+                              option="hydra.run.dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        self.file = f
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+            self.file = None
+
+
 def check_writable(out: Path) -> None:
     """A read-only or full output dir is found before training, not after it."""
     try:
