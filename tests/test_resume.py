@@ -118,7 +118,7 @@ def test_relaunched_multirun_skips_finished_and_records_failures(tmp_path):
     fast = ["model=bert", "model_size=tiny", "dataset=sst2", "trainer.max_steps=3", "dataset.train_limit=32",
             "dataset.val_limit=16", "data.batch_size=8", "measure.inference_overhead=false", "logger=none",
             "trainer.enable_progress_bar=false", "measure.finite_check_every=1", f"hydra.sweep.dir={sweep}"]
-    # job 0 diverges (lr 1e30 → inf/NaN loss), job 1 raises (unknown optimizer), job 2 is fine:
+    # job 0 diverges (lr 1e30 → inf/NaN loss), job 1 is refused (unknown optimizer), job 2 is fine:
     # a multirun records each outcome and goes on.
     _run(["-m", *fast, "method=lora", "optim.lr=1e30,5e-4", "optim.name=adamw,bogus"])
     recs = {tuple(json.loads(p.read_text())["config"]["optim"][k] for k in ("lr", "name")): json.loads(p.read_text())
@@ -126,8 +126,8 @@ def test_relaunched_multirun_skips_finished_and_records_failures(tmp_path):
     assert len(recs) == 4, sorted(recs)
     assert recs[(1e30, "adamw")]["status"] == "diverged", recs[(1e30, "adamw")]["error"]
     assert "loss became" in recs[(1e30, "adamw")]["error"]
-    for key in ((1e30, "bogus"), (5e-4, "bogus")):
-        assert recs[key]["status"] == "failed" and "bogus" in recs[key]["error"], recs[key]["error"]
+    for key in ((1e30, "bogus"), (5e-4, "bogus")):  # refused at plan time, naming the option
+        assert recs[key]["status"] == "refused" and "[optim.name]" in recs[key]["error"], recs[key]["error"]
     assert recs[(5e-4, "adamw")]["status"] == "ok", recs[(5e-4, "adamw")]["error"]
 
     # relaunch a sweep over two methods: the second launch re-runs nothing that finished
