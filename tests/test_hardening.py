@@ -224,7 +224,8 @@ def test_full_output_dir_refused(tmp_path, monkeypatch):
         check_writable(tmp_path / "out")
 
 
-def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path, sig):
     """A SLURM time limit or pre-emption sends SIGTERM: Lightning turns it into SystemExit(None),
     which used to end the process with 0 and no results.json. Now: a record, and exit 143."""
     import os
@@ -237,13 +238,14 @@ def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path):
     cmd = [sys.executable, "-m", "peftbench.train", "model=bert", "model_size=tiny", "method=lora",
            "trainer.max_steps=100000", "dataset.train_limit=64", "dataset.val_limit=16", "data.batch_size=8",
            "trainer.log_every_n_steps=1", "logger=none", f"hydra.run.dir={out}"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not inside a SLURM job
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen, deadline = [], time.time() + 300
     for line in p.stdout:  # wait until it is really training
         seen.append(line)
         if line.startswith("step ") or time.time() > deadline:
             break
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(getattr(signal, sig))  # SIGUSR1: a scheduler's early warning, handled as SIGTERM
     try:
         rest, _ = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:

@@ -72,9 +72,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main() -> None:
     import hydra
 
-    from peftbench.run.strategy import patch_lightning_hydra_relaunch
+    from peftbench.run.strategy import patch_lightning_hydra_relaunch, usr1_as_term
 
     patch_lightning_hydra_relaunch()
+    usr1_as_term()
     status = {"code": 0}
 
     @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")

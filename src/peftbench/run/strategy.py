@@ -131,3 +131,15 @@ def patch_lightning_hydra_relaunch() -> None:
         return command, get_original_cwd()
 
     ss._hydra_subprocess_cmd = _cmd
+
+
+def usr1_as_term() -> None:
+    """SIGUSR1 — a scheduler's "time is nearly up" — ends a run the way SIGTERM does: recorded
+    ``interrupted`` (resumable), exit 143. Inside a SLURM job it is left to Lightning's SLURM
+    environment, which checkpoints and requeues the job when the job asked for that signal."""
+    import os
+    import signal
+
+    if os.environ.get("SLURM_JOB_ID") or not hasattr(signal, "SIGUSR1"):
+        return
+    signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
