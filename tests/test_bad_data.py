@@ -135,7 +135,7 @@ def test_a_two_megabyte_line_is_read(tmp_path, compose_run):
 def test_an_extra_tab_is_refused_not_cut(tmp_path, compose_run):
     d = _sst2_dir(tmp_path, "sentence\tlabel\na fine film\t1\na dull\tfilm\t0\n")
     err = _refusal(compose_run, d)
-    assert "train.tsv line 3: 3 fields but the header has 2" in str(err)
+    assert "train.tsv line 3: 3 fields where the file has 2" in str(err)
 
 
 def test_refusals_name_the_file_line_even_in_a_subsample(tmp_path, compose_run):
@@ -150,3 +150,15 @@ def test_hopeless_training_sets_are_warned_about(tmp_path, compose_run, caplog):
     with caplog.at_level(logging.WARNING, logger="peftbench"):
         _plan(compose_run, d)
     assert "every training label is 1" in caplog.text
+
+
+def test_headerless_rows_wider_than_the_file_are_refused_and_empty_tails_are_not(tmp_path, compose_run):
+    from peftbench.data.sources import read_rows
+
+    f = tmp_path / "mr.tsv"  # label first, text second, no header (like mr / mpqa / cola / agnews)
+    f.write_text("1\ta good movie\n0\ta dull one\n1\tgood\tmovie\n")
+    with pytest.raises(DataError, match="line 3: 3 fields where the file has 2"):
+        read_rows(f, "tsv", header=False)
+    g = tmp_path / "trailing.tsv"
+    g.write_text("sentence\tlabel\nhello\t1\t\nbye\t0\n")  # a trailing tab: an empty field, harmless
+    assert [r["sentence"] for r in read_rows(g, "tsv")] == ["hello", "bye"]

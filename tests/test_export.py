@@ -150,6 +150,11 @@ def test_export_trusts_nothing_it_reads(tmp_path, monkeypatch):
     (tmp_path / "some_file").write_text("x")  # a non-empty current directory
     with pytest.raises(ConfigError, match="no saved adapter"):
         _adapter_dir(rec, tmp_path / "run")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("x")
+    with pytest.raises(ConfigError, match="no saved adapter"):  # a record's path is never followed
+        _adapter_dir({"config": {}, "artifacts": {"adapter_dir": str(secret)}}, tmp_path / "run")
     from peftbench.config.compose import compose
 
     cfg = compose(["model=bert", "model_size=tiny", "method=lora", "model.trust_remote_code=true"],

@@ -1,7 +1,8 @@
 """A sweep never lies and never loses: six tiny runs killed at seeded random moments — SIGKILL ten
-times, SIGTERM three times — and relaunched after each. After every kill: no finished run was
-lost, re-run or altered (its results.json byte for byte); in the end every run is `ok` exactly
-once and the report lists all six."""
+times, SIGTERM three times, always while a run is training — and relaunched after each. After every
+kill: no finished run was lost, re-run or altered (its results.json and adapter, byte for byte); a
+SIGTERM is recorded `interrupted` and ends the process with 143; in the end every run is `ok`
+exactly once and the report lists all six."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import pytest
 
 BIN = Path(sys.executable).parent
 TRAIN = str(BIN / "peftbench-train")
-RUNS = [("lora", 1), ("lora", 2), ("bitfit", 1), ("bitfit", 2), ("ia3", 1), ("ia3", 2)]
+RUNS = [("bitfit", 1), ("bitfit", 2), ("ia3", 1), ("ia3", 2), ("lora", 1), ("lora", 2)]
 SWEEP = ["-m", "model=bert", "model_size=tiny", "dataset=sst2", "method=lora,bitfit,ia3", "seed=1,2",
-         "trainer.max_steps=24", "trainer.max_epochs=-1", "dataset.train_limit=64", "dataset.val_limit=16",
+         "trainer.max_steps=60", "trainer.max_epochs=-1", "dataset.train_limit=64", "dataset.val_limit=16",
          "data.batch_size=8", "measure.inference_overhead=false", "checkpoint.every_n_steps=4", "logger=none",
          "trainer.enable_progress_bar=false"]
 
@@ -32,47 +33,72 @@ def _env() -> dict[str, str]:
 
 
 def _finished(sweep: Path) -> dict[tuple[str, int], str]:
-    """(method, seed) → sha256 of its results.json, for the runs that say ok."""
+    """(method, seed) → a digest of its results.json and adapter files, for the runs that say ok."""
     out: dict[tuple[str, int], str] = {}
-    for f in sweep.glob("*/results.json"):
-        data = f.read_bytes()
-        rec = json.loads(data)
-        if rec["status"] == "ok":
-            key = (rec["method"]["name"], rec["seed"])
-            assert key not in out, f"{key} finished twice"
-            out[key] = hashlib.sha256(data).hexdigest()
+    for f in sorted(sweep.glob("*/results.json")):
+        rec = json.loads(f.read_bytes())
+        if rec["status"] != "ok":
+            continue
+        key = (rec["method"]["name"], rec["seed"])
+        assert key not in out, f"{key} finished twice"
+        h = hashlib.sha256(f.read_bytes())
+        for a in sorted((f.parent / "adapter").rglob("*")):
+            if a.is_file():
+                h.update(a.name.encode() + a.read_bytes())
+        out[key] = h.hexdigest()
     return out
 
 
+def _training(sweep: Path, since: float) -> bool:
+    """Some run of this launch is in its training loop (it wrote a checkpoint since the launch)."""
+    return any(c.stat().st_mtime > since for c in sweep.glob("*/checkpoints/*.ckpt"))
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(3000)
 def test_kills_at_random_moments_lose_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     rng = random.Random(19)
     signals = [signal.SIGKILL] * 10 + [signal.SIGTERM] * 3
     rng.shuffle(signals)
     finished: dict[tuple[str, int], str] = {}
+    mid_training = 0
     for sig in signals:
+        if len(finished) == len(RUNS):
+            break
+        since = time.time()
         p = subprocess.Popen([TRAIN, *SWEEP, f"hydra.sweep.dir={sweep}"], env=_env(), stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(3, 30))
-        if p.poll() is None:
-            os.killpg(p.pid, sig)
-        rc = p.wait(timeout=300)
-        if sig == signal.SIGTERM and rc not in (0, -signal.SIGTERM):
-            assert rc == 143, rc  # a run caught in training records `interrupted` and says so
+        try:
+            deadline = time.time() + 300
+            while p.poll() is None and not _training(sweep, since) and time.time() < deadline:
+                time.sleep(0.2)  # wait until a run trains: kills during start-up test nothing
+            time.sleep(rng.uniform(0, 4))  # then a random moment of its training
+            if p.poll() is None:
+                mid_training += 1
+                os.killpg(p.pid, sig)
+            rc = p.wait(timeout=300)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if sig == signal.SIGTERM and rc != 0:
+            assert rc == 143, rc  # caught in training: recorded `interrupted`, exit 143 (never 0 unrecorded)
+            assert any(json.loads(f.read_text())["status"] == "interrupted" for f in sweep.glob("*/results.json"))
         now = _finished(sweep)
         for key, digest in finished.items():  # nothing finished is lost, re-run or altered
             assert now.get(key) == digest, (key, sig)
         finished = now
         for f in sweep.glob("*/results.json"):
             assert json.loads(f.read_text())["status"] in ("ok", "interrupted"), f.read_text()[:500]
+    assert mid_training >= 8, mid_training  # the kills really landed while runs were training
     p = subprocess.run([TRAIN, *SWEEP, f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True,
                        timeout=1200, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr[-3000:]
     final = _finished(sweep)
-    assert sorted(final) == sorted(RUNS)
+    assert sorted(final) == RUNS
     assert all(final[k] == v for k, v in finished.items())
+    assert any(json.loads(f.read_text())["resumed_from_step"] for f in sweep.glob("*/results.json"))
 
     from peftbench.report import build_report
 

@@ -52,6 +52,8 @@ FAST1 = ["model_size=tiny", "trainer.max_steps=1", "dataset.train_limit=16", "da
     (["method=lora", "method.r=0.5"], "method.r"),  # a method's option, by its dataclass field type
     (["method=lora", "method.alpha=true"], "method.alpha"),
     (["method=prompt_tuning", "method.num_virtual_tokens=2.5"], "method.num_virtual_tokens"),
+    (["optim.name=null"], "optim.name"),
+    (["trainer.devices=[]"], "trainer.devices"),
 ])
 def test_bad_numbers_refused_before_weights(compose_run, overrides, option):
     cfg = compose_run("model=bert", "model_size=tiny", *overrides)
@@ -344,12 +346,12 @@ def test_a_second_process_in_a_run_folder_is_refused(tmp_path, compose_run):
 
 
 def test_dataset_names_never_reach_cache_paths(tmp_path):
-    from peftbench.data.examples import SplitExamples
-    from peftbench.data.tokenize import tokenize_split
-    from peftbench.models import load_tokenizer, resolve_spec
     from omegaconf import OmegaConf
 
     from peftbench.config.paths import conf_dir
+    from peftbench.data.examples import SplitExamples
+    from peftbench.data.tokenize import tokenize_split
+    from peftbench.models import load_tokenizer, resolve_spec
 
     tok = load_tokenizer(resolve_spec(OmegaConf.load(conf_dir() / "model" / "bert.yaml"), "tiny"))
     ex = SplitExamples("train", "x", {"text": ["a film"], "label": [1]})
@@ -357,3 +359,30 @@ def test_dataset_names_never_reach_cache_paths(tmp_path):
     cache.mkdir()
     tokenize_split(ex, tok, {"name": "../../escape", "task": "classification", "max_length": 8}, cache)
     assert not list(tmp_path.glob("escape*")) and list(cache.glob("*escape*.arrow"))
+
+
+@pytest.mark.parametrize("overrides", [["seed='3'"], ["trainer.devices='0,1'", "strategy=ddp"], ["optim.scheduler=null"]])
+def test_valid_spellings_are_accepted(compose_run, overrides):
+    """A seed from ${oc.env:SLURM_ARRAY_TASK_ID} is the string "3"; Lightning takes devices "0,1"."""
+    plan = make_plan(compose_run("model=bert", "model_size=tiny", *overrides), load_data=False)
+    assert plan.seed in (1, 3)
+
+
+def test_a_relaunch_spelled_differently_finds_the_finished_run(tmp_path):
+    """Job folders are named by overrides; the same configuration spelled otherwise (a default
+    named, 5e-4 for 0.0005) is found finished in its sibling folder, not trained twice. A job that
+    meets another configuration's folder ends the sweep with exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    common = [sys.executable, "-m", "peftbench.train", "-m", "model=bert", "model_size=tiny", "method=lora",
+              "trainer.max_steps=1", "dataset.train_limit=16", "dataset.val_limit=8", "logger=none",
+              "measure.inference_overhead=false", "measure.changed=false", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ)
+    p = subprocess.run([*common, "optim.lr=5e-4"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run([*common, "optim.lr=0.0005", "seed=1"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0 and "skipping" in p.stderr + p.stdout, p.stderr[-2000:]
+    assert len([f for f in sweep.glob("*/results.json")]) == 1

@@ -94,7 +94,8 @@ def test_export_merges_onto_the_stage_model(toy_run, tmp_path):
     from peftbench.cli.export import export_run
 
     rec = toy_run()
-    base_dir = rec["config"]["model"]["path"]
+    base_dir = rec["stages"]["base"]["model_dir"]
+    assert rec["config"]["model"]["path"] is None  # the run's own config: seeds of it stay one report row
     assert base_dir == str(tmp_path / "cache" / "stages" / rec["stages"]["base"]["run_id"] / "model")
     res = export_run(str(tmp_path / "run"), str(tmp_path / "merged"), merge=True, overwrite=False)
     merged, base = load_file(str(res.out / "model.safetensors")), load_file(f"{base_dir}/model.safetensors")

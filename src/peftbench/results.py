@@ -72,24 +72,30 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-_NOT_IDENTITY = ("paths", "hydra", "logger", "checkpoint", "callbacks")
-_NOT_IDENTITY_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
+NOT_IDENTITY = ("paths", "hydra", "logger", "checkpoint", "callbacks")
+NOT_IDENTITY_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
 
 
 def run_id(config: dict[str, Any]) -> str:
     """Hash of the resolved config without output paths and what only changes how a run is
     watched (loggers, progress display, checkpoint cadence): the same run has the same id anywhere."""
-    cfg = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    cfg = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
     if isinstance(cfg.get("trainer"), dict):
-        cfg["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in _NOT_IDENTITY_TRAINER}
+        cfg["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in NOT_IDENTITY_TRAINER}
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without setting it (os.umask would change it for other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def write(path: str | os.PathLike, rec: dict[str, Any]) -> Path:

@@ -22,6 +22,7 @@ from peftbench.run.pipeline import execute
 from peftbench.run.stages import run_base_stage
 
 log = logging.getLogger("peftbench")
+UNRECORDED: list[str] = []  # refusals that could write no record (the folder was another run's)
 # sweep job folders named by their overrides (conf/hydra/default.yaml); registered on import, so a
 # SLURM job that unpickles the task function resolves it too
 OmegaConf.register_new_resolver("peftbench.job_dir", record.job_dir, replace=True)
@@ -33,9 +34,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = str(out)
     rid = results.run_id(record.container(cfg))
-    done = record.finished_record(out, rid)
+    done = record.finished_record(out, rid) or record.finished_in_sweep(out, rid)
     if done is not None:
-        log.warning("skipping: %s already holds a finished run with run_id %s", out, rid)
+        where = ((done.get("config") or {}).get("paths") or {}).get("output_dir") or out
+        log.warning("skipping: a finished run with run_id %s is already in %s", rid, where)
         return {**done, "skipped": True}
     t_start = time.time()
     rec = record.base_record(cfg, rid)
@@ -45,13 +47,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lock.__enter__()
     except ConfigError as e:  # refused, and nothing written over the other run's folder
         log.error("refused: %s", e)
+        UNRECORDED.append(str(e))
         return {**rec, "status": "refused", "error": str(e)}
 
     def stages() -> dict[str, Any]:
         record.check_writable(out)
         final, base = run_base_stage(cfg, out, train)  # a two-stage run trains (or finds) its base first
-        if base is not None:  # the record says which base this run adapted, even if it fails
-            rec.update(stages={"base": base}, config=record.container(final))
+        if base is not None:  # the record says which base this run adapted (model_dir), even if it fails
+            rec["stages"] = {"base": {**base, "model_dir": str(final.model.path)}}
         t0 = time.perf_counter()
         plan = make_plan(final, out, run_id=rid)  # every refusal before weights load, once
         plan_s = time.perf_counter() - t0
@@ -72,10 +75,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main() -> None:
     import hydra
 
-    from peftbench.run.strategy import patch_lightning_hydra_relaunch, usr1_as_term
+    from peftbench.run.strategy import patch_lightning_hydra_relaunch, stop_on_signals
 
     patch_lightning_hydra_relaunch()
-    usr1_as_term()
+    stop_on_signals()
     status = {"code": 0}
 
     @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
@@ -90,6 +93,9 @@ def main() -> None:
         return rec["metrics"].get(metric) if metric else None
 
     _main()
+    if UNRECORDED:  # a sweep goes on past them, but must not end as if all went well
+        log.error("%d job(s) refused without a record:\n  %s", len(UNRECORDED), "\n  ".join(UNRECORDED))
+        status["code"] = status["code"] or 2
     if status["code"]:
         sys.exit(status["code"])
 

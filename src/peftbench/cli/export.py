@@ -43,10 +43,9 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 
 def _adapter_dir(rec: dict[str, Any], run_dir: Path) -> Path:
     # The run folder may have moved (copied off a cluster): prefer <run_dir>/adapter.
-    recorded = (rec.get("artifacts") or {}).get("adapter_dir")
-    for cand in [run_dir / "adapter", *([Path(recorded)] if recorded else [])]:  # never "" → the current dir
-        if cand.is_dir() and any(cand.iterdir()):
-            return cand
+    cand = run_dir / "adapter"  # only the run's own folder: a record's path could point anywhere
+    if cand.is_dir() and any(cand.iterdir()):
+        return cand
     raise ConfigError(f"no saved adapter under {run_dir / 'adapter'}", option="run_dir")
 
 
@@ -60,6 +59,9 @@ def _plan(rec: dict[str, Any], trust_remote_code: bool = False):
     cfg = OmegaConf.create(rec["config"])
     OmegaConf.set_struct(cfg, False)
     cfg.model.trust_remote_code = bool(trust_remote_code)
+    base = ((rec.get("stages") or {}).get("base") or {}).get("model_dir")
+    if base:  # a two-stage run adapted its base stage's model
+        cfg.model.path = base
     return cfg, make_plan(cfg, load_data=False)
 
 

@@ -119,6 +119,8 @@ def world_size(cfg: DictConfig) -> int:
         import torch
 
         n = torch.cuda.device_count() if (not _on_cpu(cfg) and torch.cuda.is_available()) else 1
+    elif isinstance(dev, str) and "," in dev:  # Lightning's "0,1": those device indices
+        n = len([d for d in dev.split(",") if d.strip()])
     else:
         n = int(dev)
     return max(1, n) * nodes

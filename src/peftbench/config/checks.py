@@ -48,7 +48,11 @@ def devices(v: Any, option: str = "trainer.devices") -> Any:
     """Lightning's ``devices``: a count > 0, -1 (all), ``auto``, or a list of device indices."""
     if v in ("auto", -1) or v is None:
         return v
+    if isinstance(v, str) and v.replace(",", "").replace("-", "").isdigit():  # Lightning's "2", "0,1", "-1"
+        return v
     if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str):
+        if not len(v):
+            raise ConfigError("must list at least one device", option=option)
         for i in v:
             integer(i, option, minimum=0)
         return v

@@ -65,7 +65,8 @@ def check_numbers(cfg: DictConfig) -> None:
     def opt(key: str) -> Any:
         return OmegaConf.select(cfg, key)
 
-    integer(opt("seed"), "seed")
+    seed = opt("seed")  # ${oc.env:SLURM_ARRAY_TASK_ID} arrives as the string "3"
+    integer(int(seed) if isinstance(seed, str) and seed.lstrip("-").isdigit() else seed, "seed")
     for key in ("optim.lr", "method.optim.lr", "optim.eps"):
         positive(opt(key), key)
     for key in POSITIVE_INTS:
@@ -74,8 +75,8 @@ def check_numbers(cfg: DictConfig) -> None:
         integer(opt(key), key, minimum=1, allow=(-1,))
     for key in ("data.num_workers", "measure.warmup_steps"):
         integer(opt(key), key, minimum=0)
-    one_of(opt("optim.name") or "adamw", "optim.name", OPTIMIZERS)
-    one_of(opt("optim.scheduler") or "constant", "optim.scheduler", SCHEDULES)
+    one_of(opt("optim.name"), "optim.name", OPTIMIZERS)
+    one_of(opt("optim.scheduler") or "constant", "optim.scheduler", SCHEDULES)  # null: a constant rate
     in_range(opt("optim.weight_decay"), "optim.weight_decay", 0.0, float("inf"))
     in_range(opt("optim.warmup_ratio"), "optim.warmup_ratio", 0.0, 1.0, hi_open=True)
     in_range(opt("dataset.val_fraction"), "dataset.val_fraction", 0.0, 1.0, hi_open=True)

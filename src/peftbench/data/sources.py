@@ -53,7 +53,8 @@ LINE = "__line__"  # each row's line in its file (messages name it; never a data
 
 def at(rows: list[dict[str, Any]], i: int) -> str:
     """Where row ``i`` of a (possibly subsampled) list came from: its line in the file."""
-    return f"line {rows[i].get(LINE, i + 1)}" if isinstance(rows[i], dict) else f"row {i + 1}"
+    line = rows[i].get(LINE) if isinstance(rows[i], dict) else None
+    return f"line {line}" if line is not None else f"row {i + 1}"  # hub rows have no file line
 
 
 def read_rows(path: Path, fmt: str | None = None, header: bool = True, sep: str | None = None,
@@ -113,13 +114,15 @@ def _delimited(path: Path, text: str, delim: str, header: bool, columns: list[st
         raise DataError(f"{path} line {reader.line_num}: {e}", option="dataset.local") from e
     if header:
         names, rows_raw = rows_raw[0][1], rows_raw[1:]
-        for line, r in rows_raw:
-            if len(r) > len(names):
-                raise DataError(f"{path} line {line}: {len(r)} fields but the header has {len(names)} (a "
-                                f"{'tab' if delim == chr(9) else 'separator'} inside the text? quote or escape it)",
-                                option="dataset.local")
-    else:
-        names = columns or [str(i) for i in range(max(len(r) for _, r in rows_raw))]
+    else:  # the width most rows have: a row wider than that carries a separator inside its text
+        from collections import Counter
+
+        names = columns or [str(i) for i in range(Counter(len(r) for _, r in rows_raw).most_common(1)[0][0])]
+    for line, r in rows_raw:
+        if any(x.strip() for x in r[len(names):]):  # empty trailing fields are harmless
+            raise DataError(f"{path} line {line}: {len(r)} fields where the file has {len(names)} (a "
+                            f"{'tab' if delim == chr(9) else 'separator'} inside the text? quote or escape it)",
+                            option="dataset.local")
     out = [{**{n: (r[i] if i < len(r) else None) for i, n in enumerate(names)}, LINE: line} for line, r in rows_raw]
     if not out:
         raise DataError(f"dataset file {path} has a header but no rows", option="dataset.local")

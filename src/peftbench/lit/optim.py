@@ -42,7 +42,7 @@ def make_optimizer(parameters: Iterable[torch.nn.Parameter], optim: dict[str, An
 def lr_factor(schedule: str | None, total: int, warmup_ratio: float) -> Callable[[int], float] | None:
     """The multiplier of the base lr at each optimizer step: linear warm-up, then linear or cosine
     decay to 0; None for a constant rate."""
-    if schedule in (None, "constant"):
+    if not schedule or schedule == "constant":
         return None
     assert schedule in SCHEDULES, schedule
     warm = int(warmup_ratio * total)

@@ -7,8 +7,8 @@ files always give byte-identical tables.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 import os
 import statistics
@@ -216,12 +216,9 @@ def _stats(runs: list[dict[str, Any]], section: str, skip: Iterable[str] = ()) -
     return out
 
 
-# Config parts that say how a run was watched or measured, not what was trained: runs that differ
-# only there (or only in a seed) are seeds of one configuration.
-_NOT_CONFIG = ("paths", "hydra", "logger", "checkpoint", "callbacks", "measure", "perf", "forgetting",
-               "metric_aliases", "save_model", "optimized_metric", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps", "trainer.enable_model_summary", "data.num_workers",
-               "data.eval_batch_size")
+# What a run's identity leaves out (results.run_id): how it was watched, where it wrote. A row is
+# everything else but the seeds.
+_NOT_CONFIG = (*_results.NOT_IDENTITY, *(f"trainer.{k}" for k in _results.NOT_IDENTITY_TRAINER))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -236,8 +233,20 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_items(rec: dict[str, Any]) -> dict[str, str]:
     """The record's resolved config as dotted keys, minus seeds and what does not change training."""
     flat = _flat(rec.get("config") or {})
-    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in flat.items()
+    return {k: _canonical(v) for k, v in flat.items()
             if "seed" not in k.rsplit(".", 1)[-1] and not any(k == n or k.startswith(n + ".") for n in _NOT_CONFIG)}
+
+
+def _canonical(v: Any) -> str:
+    """One spelling per value: 0, 0.0 and 0e0 are one weight decay."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return json.dumps(float(v))
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _shown(text: str) -> str:
+    v = json.loads(text)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def config_key(rec: dict[str, Any]) -> str:
@@ -258,9 +267,8 @@ def variant_labels(buckets: dict[tuple[str, ...], list[dict[str, Any]]]) -> dict
         names = sorted({n for it in items.values() for n in it})
         differ = [n for n in names if len({it.get(n) for it in items.values()}) > 1]
         short = _short_names(differ)
-        for k, it in items.items():
-            labels[k] = ", ".join(f"{short[n]}={json.loads(it[n]) if n in it else '-'}" for n in differ[:4]) + \
-                (", …" if len(differ) > 4 else "")
+        for k, it in items.items():  # every differing key: a cut label could name two rows alike
+            labels[k] = ", ".join(f"{short[n]}={_shown(it[n]) if n in it else '-'}" for n in differ)
     return labels
 
 

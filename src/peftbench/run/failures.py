@@ -7,6 +7,13 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Terminated(SystemExit):
+    """SIGTERM (or SIGUSR1) reached the process: the run is recorded ``interrupted``, exit 143."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
 def classify(e: BaseException) -> str:
     if isinstance(e, Diverged):
         return "diverged"

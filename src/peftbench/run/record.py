@@ -90,9 +90,21 @@ def job_dir(overrides: str) -> str:
     import hashlib
     import re
 
-    if overrides and len(overrides) <= 120 and re.fullmatch(r"[\w.=,+\-\[\]]+", overrides):
+    if overrides and len(overrides.encode()) <= 120 and re.fullmatch(r"[\w.=,+\-\[\]]+", overrides):
         return overrides
     return "job-" + hashlib.sha1(overrides.encode()).hexdigest()[:12]
+
+
+def finished_in_sweep(out: Path, rid: str) -> dict[str, Any] | None:
+    """The same configuration, finished in another job folder of this sweep (spelled with other
+    overrides: a default named, ``1e-4`` for ``0.0001``): found, not trained again."""
+    sweep = out.parent
+    if not (sweep / "multirun.yaml").exists():
+        return None
+    for f in sorted(sweep.glob(f"*/{results.FILENAME}")):
+        if f.parent != out and (rec := finished_record(f.parent, rid)) is not None:
+            return rec
+    return None
 
 
 def check_other_run(out: Path, rid: str) -> None:
@@ -119,13 +131,20 @@ class FolderLock:
         import fcntl
         import socket
 
-        if rank() != 0:  # a DDP / SLURM rank > 0 runs inside its rank 0's hold
+        if rank() != 0 or os.environ.get("LOCAL_RANK", "0") != "0":  # ranks > 0 run inside rank 0's hold
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError:  # not a folder we can write: check_writable refuses it, naming the option
+            return self
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
+            if not isinstance(e, BlockingIOError):  # a file system without flock: go on, unguarded
+                log.warning("could not lock %s (%s): two processes in this folder would not be stopped", self.path, e)
+                f.close()
+                return self
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
@@ -173,7 +192,7 @@ def finished_record(out: Path, rid: str) -> dict[str, Any] | None:
 def base_record(cfg: DictConfig, rid: str) -> dict[str, Any]:
     c = container(cfg)
     return results.empty_record(
-        run_id=rid, config=c, seed=c["seed"] if type(c.get("seed")) is int else 0,
+        run_id=rid, config=c, seed=int(c["seed"]) if str(c.get("seed")).lstrip("-").isdigit() else 0,
         model={"family": c["model"].get("family", ""), "size": c["model_size"]["name"]},
         method={"name": c["method"]["name"], "family": "", "hparams": {k: v for k, v in c["method"].items() if k != "name"}},
         dataset={"name": c["dataset"]["name"], "task": c["dataset"].get("task")},
@@ -212,7 +231,7 @@ def run_stages(rec: dict[str, Any], stages: Any) -> dict[str, Any]:
 
 def interruption(e: BaseException) -> str:
     """What stopped the run: Lightning's SIGTERMException, or the 143 of an interrupted base stage."""
-    if type(e).__name__ == "SIGTERMException" or getattr(e, "code", None) == 143:
+    if type(e).__name__ in ("SIGTERMException", "Terminated") or getattr(e, "code", None) == 143:
         return "SIGTERM received"
     return f"stopped ({type(e).__name__} {getattr(e, 'code', '') or ''})".replace(" )", ")")
 

@@ -133,13 +133,19 @@ def patch_lightning_hydra_relaunch() -> None:
     ss._hydra_subprocess_cmd = _cmd
 
 
-def usr1_as_term() -> None:
-    """SIGUSR1 — a scheduler's "time is nearly up" — ends a run the way SIGTERM does: recorded
-    ``interrupted`` (resumable), exit 143. Inside a SLURM job it is left to Lightning's SLURM
-    environment, which checkpoints and requeues the job when the job asked for that signal."""
+def stop_on_signals() -> None:
+    """SIGTERM — a SLURM time limit, pre-emption — and SIGUSR1 — a scheduler's "time is nearly
+    up" — stop the run wherever it is (loading, fitting, evaluating): recorded ``interrupted``,
+    exit 143. Lightning adds its own SIGTERM handling around fit and calls this one too. Inside a
+    SLURM job SIGUSR1 is left to Lightning's SLURM environment (checkpoint and requeue)."""
     import os
     import signal
 
-    if os.environ.get("SLURM_JOB_ID") or not hasattr(signal, "SIGUSR1"):
-        return
-    signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    from peftbench.run.failures import Terminated
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, stop)
+    if hasattr(signal, "SIGUSR1") and not os.environ.get("SLURM_JOB_ID"):
+        signal.signal(signal.SIGUSR1, stop)
