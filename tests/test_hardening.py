@@ -386,3 +386,23 @@ def test_a_relaunch_spelled_differently_finds_the_finished_run(tmp_path):
     p = subprocess.run([*common, "optim.lr=0.0005", "seed=1"], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0 and "skipping" in p.stderr + p.stdout, p.stderr[-2000:]
     assert len([f for f in sweep.glob("*/results.json")]) == 1
+
+
+def test_a_nan_between_reads_is_not_lost():
+    """Every step's loss is folded into the flag, not only the steps the flag is read on."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from peftbench.run.callbacks import DivergenceCallback
+    from peftbench.run.failures import Diverged
+
+    cb, trainer = DivergenceCallback(every_n_steps=100), SimpleNamespace(global_step=3)
+    for i, v in enumerate([1.0, float("nan"), 0.5]):  # batch_idx 1..3: no read on the way
+        cb.on_train_batch_end(trainer, None, {"loss": torch.tensor(v)}, None, i + 1)
+    with pytest.raises(Diverged, match="nan"):
+        cb.on_train_end(trainer, None)
+    fine = DivergenceCallback(every_n_steps=1)
+    for i in range(3):
+        fine.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.5)}, None, i)
+    fine.on_train_end(trainer, None)  # finite all along: nothing raised

@@ -12,17 +12,24 @@ from peftbench.run.failures import Diverged
 
 
 class DivergenceCallback(L.Callback):
-    """Stop with status ``diverged`` when the loss is NaN/inf. Checked every n steps so the hot
-    path does not sync on every step — and on the last step, so a run shorter than n (or one that
-    breaks after its last check) cannot finish ``ok`` with a NaN loss."""
+    """Stop with status ``diverged`` when any step's loss is NaN/inf. Every step's loss is folded
+    into a flag on its own device (no host sync); the flag is read every n steps and on the last
+    one, so a NaN between reads — or in a run shorter than n — is never lost."""
 
     def __init__(self, every_n_steps: int = 10):
         self.every = max(1, every_n_steps)
-        self.last: torch.Tensor | None = None
+        self.bad: torch.Tensor | None = None
+        self.first_bad: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.last = loss.detach() if loss is not None else None  # no sync: kept for the last check
+        if loss is not None:
+            nonfinite = ~torch.isfinite(loss.detach()).all()
+            if self.bad is None:
+                self.bad, self.first_bad = nonfinite, loss.detach()
+            else:  # keep the first non-finite loss for the message
+                self.first_bad = torch.where(self.bad, self.first_bad, loss.detach())
+                self.bad = self.bad | nonfinite
         if batch_idx % self.every == 0:
             self._check(trainer)
 
@@ -30,8 +37,8 @@ class DivergenceCallback(L.Callback):
         self._check(trainer)
 
     def _check(self, trainer) -> None:
-        if self.last is not None and not torch.isfinite(self.last).all():
-            raise Diverged(f"loss became {self.last.item()} at step {trainer.global_step}")
+        if self.bad is not None and bool(self.bad):
+            raise Diverged(f"loss became {self.first_bad.item()} by step {trainer.global_step}")
 
 
 class FirstStepTimer(L.Callback):
