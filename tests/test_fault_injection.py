@@ -22,8 +22,8 @@ BIN = Path(sys.executable).parent
 TRAIN = str(BIN / "peftbench-train")
 RUNS = [("bitfit", 1), ("bitfit", 2), ("ia3", 1), ("ia3", 2), ("lora", 1), ("lora", 2)]
 SWEEP = ["-m", "model=bert", "model_size=tiny", "dataset=sst2", "method=lora,bitfit,ia3", "seed=1,2",
-         "trainer.max_steps=60", "trainer.max_epochs=-1", "dataset.train_limit=64", "dataset.val_limit=16",
-         "data.batch_size=8", "measure.inference_overhead=false", "checkpoint.every_n_steps=4", "logger=none",
+         "trainer.max_steps=800", "trainer.max_epochs=-1", "dataset.train_limit=64", "dataset.val_limit=16",
+         "data.batch_size=8", "measure.inference_overhead=false", "checkpoint.every_n_steps=20", "logger=none",
          "trainer.enable_progress_bar=false"]
 
 
@@ -64,8 +64,6 @@ def test_kills_at_random_moments_lose_nothing(tmp_path):
     finished: dict[tuple[str, int], str] = {}
     mid_training = 0
     for sig in signals:
-        if len(finished) == len(RUNS):
-            break
         since = time.time()
         p = subprocess.Popen([TRAIN, *SWEEP, f"hydra.sweep.dir={sweep}"], env=_env(), stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -73,7 +71,7 @@ def test_kills_at_random_moments_lose_nothing(tmp_path):
             deadline = time.time() + 300
             while p.poll() is None and not _training(sweep, since) and time.time() < deadline:
                 time.sleep(0.2)  # wait until a run trains: kills during start-up test nothing
-            time.sleep(rng.uniform(0, 4))  # then a random moment of its training
+            time.sleep(rng.uniform(0, 3))  # then a random moment of its training (a run trains ~10 s)
             if p.poll() is None:
                 mid_training += 1
                 os.killpg(p.pid, sig)
@@ -91,7 +89,7 @@ def test_kills_at_random_moments_lose_nothing(tmp_path):
         finished = now
         for f in sweep.glob("*/results.json"):
             assert json.loads(f.read_text())["status"] in ("ok", "interrupted"), f.read_text()[:500]
-    assert mid_training >= 8, mid_training  # the kills really landed while runs were training
+    assert mid_training >= 10, mid_training  # the kills really landed while runs were training
     p = subprocess.run([TRAIN, *SWEEP, f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True,
                        timeout=1200, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr[-3000:]
