@@ -76,6 +76,16 @@ NOT_IDENTITY = ("paths", "hydra", "logger", "checkpoint", "callbacks")
 NOT_IDENTITY_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
 
 
+def dotted_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, leaf value)`` pairs of a nested dict, in order (an empty dict is a leaf);
+    a key already written dotted (``trainer.max_steps``) stays as it is."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += dotted_items(v, key + ".") if isinstance(v, dict) and v else [(key, v)]
+    return out
+
+
 def run_id(config: dict[str, Any]) -> str:
     """Hash of the resolved config without output paths and what only changes how a run is
     watched (loggers, progress display, checkpoint cadence): the same run has the same id anywhere."""

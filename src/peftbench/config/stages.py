@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
+from peftbench.results import dotted_items
 
 GROUPS = ("method", "dataset")
 KEYS = ("set", *GROUPS)
@@ -50,16 +51,6 @@ def _group(group: str, name: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg[group], resolve=False)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Dotted keys, whether written flat (``trainer.max_steps: 9``) or nested (an override
-    ``+base_stage.set.trainer.max_steps=9``); later entries win, as on a command line."""
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out += _flat(v, key + ".") if isinstance(v, dict) and v else [(key, v)]
-    return out
-
-
 def stage_config(cfg: DictConfig) -> DictConfig | None:
     """The base stage's own config (None for a one-stage run). Pure: nothing runs, nothing loads."""
     from peftbench.results import run_id
@@ -79,7 +70,8 @@ def stage_config(cfg: DictConfig) -> DictConfig | None:
     for group in GROUPS:
         if block.get(group):
             stage[group] = _group(group, block[group])
-    for key, value in _flat(block.get("set") or {}):
+    # flat (``trainer.max_steps: 9``) or nested (``+base_stage.set.trainer.max_steps=9``); later wins
+    for key, value in dotted_items(block.get("set") or {}):
         if key.split(".")[0] in ("base_stage", "paths"):
             raise ConfigError(f"a stage cannot set '{key}' (it shares the run's paths)", option=f"base_stage.set.{key}")
         OmegaConf.update(stage, key, value, merge=False)

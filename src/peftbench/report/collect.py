@@ -221,18 +221,9 @@ def _stats(runs: list[dict[str, Any]], section: str, skip: Iterable[str] = ()) -
 _NOT_CONFIG = (*_results.NOT_IDENTITY, *(f"trainer.{k}" for k in _results.NOT_IDENTITY_TRAINER))
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict) and d:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def config_items(rec: dict[str, Any]) -> dict[str, str]:
     """The record's resolved config as dotted keys, minus seeds and what does not change training."""
-    flat = _flat(rec.get("config") or {})
+    flat = dict(_results.dotted_items(rec.get("config") or {}))
     return {k: _canonical(v) for k, v in flat.items()
             if "seed" not in k.rsplit(".", 1)[-1] and not any(k == n or k.startswith(n + ".") for n in _NOT_CONFIG)}
 
