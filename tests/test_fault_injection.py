@@ -56,7 +56,7 @@ def _training(sweep: Path, since: float) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3000)
-def test_kills_at_random_moments_lose_nothing(tmp_path):
+def test_kills_at_random_moments_lose_nothing(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     rng = random.Random(19)
     signals = [signal.SIGKILL] * 10 + [signal.SIGTERM] * 3

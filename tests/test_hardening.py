@@ -63,7 +63,7 @@ def test_bad_numbers_refused_before_weights(compose_run, overrides, option):
     assert f"[{option}]" in str(e.value)
 
 
-def test_a_nan_loss_is_never_recorded_ok(compose_run):
+def test_a_nan_loss_is_never_recorded_ok(compose_run, data_dir):
     """Five steps at lr 1e20: NaN after the first update, before the every-10-steps check ran."""
     from peftbench.train import train
 
@@ -227,7 +227,7 @@ def test_full_output_dir_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
-def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path, sig):
+def test_sigterm_is_recorded_interrupted_and_the_process_fails(tmp_path, sig, data_dir):
     """A SLURM time limit or pre-emption sends SIGTERM: Lightning turns it into SystemExit(None),
     which used to end the process with 0 and no results.json. Now: a record, and exit 143."""
     import os
@@ -268,7 +268,7 @@ def test_job_folders_are_named_by_their_overrides():
     assert job_dir("").startswith("job-")
 
 
-def test_extending_a_sweep_never_overwrites_a_finished_run(tmp_path):
+def test_extending_a_sweep_never_overwrites_a_finished_run(tmp_path, data_dir):
     """`method=lora,bitfit seed=1`, then `seed=1,2` in the same sweep dir: with folders numbered by
     position, job 1 (lora, seed 2) used to train over bitfit/seed 1's finished folder. Now every
     finished record is kept untouched (skipped, not retrained); and a folder holding another
@@ -329,7 +329,7 @@ def test_records_are_readable_by_others_and_refusal_tags_are_printed(tmp_path):
     assert "[method.r] must be" in buf.getvalue()
 
 
-def test_a_second_process_in_a_run_folder_is_refused(tmp_path, compose_run):
+def test_a_second_process_in_a_run_folder_is_refused(tmp_path, compose_run, data_dir):
     """Two processes in one run dir used to both train (metrics twice, a later one resuming from
     the first one's half-written checkpoint): the second is refused, naming the holder."""
     import os
@@ -368,7 +368,7 @@ def test_valid_spellings_are_accepted(compose_run, overrides):
     assert plan.seed in (1, 3)
 
 
-def test_a_relaunch_spelled_differently_finds_the_finished_run(tmp_path):
+def test_a_relaunch_spelled_differently_finds_the_finished_run(tmp_path, data_dir):
     """Job folders are named by overrides; the same configuration spelled otherwise (a default
     named, 5e-4 for 0.0005) is found finished in its sibling folder, not trained twice. A job that
     meets another configuration's folder ends the sweep with exit 2."""
