@@ -27,26 +27,28 @@ def _log_pmf(i: int, n: int, p: float) -> float:
             + i * math.log(p) + (n - i) * math.log1p(-p))
 
 
-def binom_sf(k: int, n: int, p: float) -> float:
-    """P(X ≥ k) for X ~ Binomial(n, p), summed exactly in log space (no overflow for large n)."""
+def _pmf_sum(lo: int, hi: int, n: int, p: float) -> float:
+    """Σ P(X = i) for i in [lo, hi], X ~ Binomial(n, p), summed in log space (no overflow for large n)."""
     if not 0.0 <= p <= 1.0 or n < 0:
-        raise ValueError(f"binom_sf: need 0 ≤ p ≤ 1 and n ≥ 0, got p={p}, n={n}")
-    if k <= 0:
-        return 1.0
-    if k > n:
+        raise ValueError(f"binomial: need 0 ≤ p ≤ 1 and n ≥ 0, got p={p}, n={n}")
+    lo, hi = max(lo, 0), min(hi, n)
+    if lo > hi:
         return 0.0
-    if p == 0.0:
-        return 0.0
-    if p == 1.0:
-        return 1.0
-    logs = [_log_pmf(i, n, p) for i in range(k, n + 1)]
+    if p in (0.0, 1.0):  # all mass on X = 0 or X = n
+        return 1.0 if lo <= (0 if p == 0.0 else n) <= hi else 0.0
+    logs = [_log_pmf(i, n, p) for i in range(lo, hi + 1)]
     top = max(logs)
     return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
 
 
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p), summed exactly (the upper tail itself, never 1 − cdf)."""
+    return _pmf_sum(k, n, n, p)
+
+
 def binom_cdf(k: int, n: int, p: float) -> float:
     """P(X ≤ k)."""
-    return 1.0 - binom_sf(k + 1, n, p) if k < n else 1.0
+    return _pmf_sum(0, k, n, p)
 
 
 def above_rate_pvalue(correct: int, n: int, rate: float) -> float:
