@@ -141,3 +141,16 @@ def test_paired_bootstrap_on_lm_losses(tmp_path: Path):
     g = {x.method: x for x in collect([tmp_path]).groups}
     c = compare(g["lora"], g["full"], "val/loss")
     assert c.test == "paired bootstrap" and c.p == 0.0 and c.diff == pytest.approx(0.5)
+
+
+def test_cli_reference_option(sweep: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "o"),
+                        "--no-plots", "--formats", "csv", "--reference", "lora"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| vs lora (test/acc) |" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
+                        "--reference", "nope"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--reference nope: no such method" in p.stderr and not (tmp_path / "x").exists()

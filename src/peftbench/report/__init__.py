@@ -46,12 +46,12 @@ def build_report(
     out: str | os.PathLike[str] | None = None,
     formats: Sequence[str] = FORMATS,
     plots: bool = True,
-    reference: str = DEFAULT_REFERENCE,
+    reference: str | None = None,
 ) -> ReportResult:
     """Collect every results.json under ``dirs`` and write the report into ``out``.
 
     ``out`` defaults to ``<first dir>/report/``; ``reference`` names the method every other row is
-    tested against (paired, on the same eval examples). Prints nothing: unreadable files are logged
+    tested against (paired, on the same eval examples; default full fine-tuning, where present). Prints nothing: unreadable files are logged
     as warnings (logger ``peftbench.report.collect``) and listed in ``result.skipped``.
     """
     dirs = [Path(d) for d in dirs]
@@ -68,7 +68,11 @@ def build_report(
     coll = collect(dirs)
     if not coll.n_files:  # nothing to report: say so, write nothing
         raise ConfigError(f"no results.json under {', '.join(map(str, dirs))}", option="dirs")
-    tables = build_tables(coll, reference)
+    if reference is not None and not any(g.method.split(" [", 1)[0] == reference for g in coll.groups):
+        names = sorted({g.method.split(" [", 1)[0] for g in coll.groups})
+        raise ConfigError(f"--reference {reference}: no such method in these runs (methods: {', '.join(names)})",
+                          option="reference")
+    tables = build_tables(coll, reference or DEFAULT_REFERENCE)
     files: list[Path] = []
     images: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -726,6 +726,7 @@ body:not(.wide) .detail{display:none}
  background:#fde2b8;color:#6b3b00}.b-baseline,.b-constant{background:#f8c9c4;color:#7a1200}
 .ci{color:#666;font-size:11px}td.dim{color:#999}tr.baseline td{font-style:italic;color:#555;background:#fafafa}
 .legend{font-size:12px;color:#444;margin-top:0}
+td.wrap{white-space:normal;max-width:22em;overflow-wrap:anywhere}
 table.sweep{font-size:12px}
 """
 
@@ -771,8 +772,9 @@ if(srt){var desc=srt.charAt(0)==='-',name=(desc?srt.slice(1):srt).toLowerCase();
 var w=document.getElementById('wide');
 if(w){w.checked=h.get('wide')==='1';document.body.classList.toggle('wide',w.checked);
  w.addEventListener('change',function(){document.body.classList.toggle('wide',w.checked);});}
-var widest=0;document.querySelectorAll('table').forEach(function(t){widest=Math.max(widest,t.offsetWidth);});
-document.body.setAttribute('data-widest',String(widest));
+var widest=0,ws=[];document.querySelectorAll('table').forEach(function(t){widest=Math.max(widest,t.offsetWidth);
+ ws.push(t.offsetWidth);});
+document.body.setAttribute('data-widest',String(widest));document.body.setAttribute('data-widths',ws.join(' '));
 document.body.setAttribute('data-ready','1');
 })();
 """
@@ -824,7 +826,7 @@ def _html_cells(t: Table, row: list[Cell]) -> str:
     tds = []
     for c, cell in zip(t.columns, row):
         classes = ((["num"] if c.numeric else []) + (["best"] if cell.best else []) + (["detail"] if c.detail else [])
-                   + (["dim"] if cell.dim else []))
+                   + (["dim"] if cell.dim else []) + (["wrap"] if c.header == "flags" else []))
         ca = f' class="{" ".join(classes)}"' if classes else ''
         dv = f' data-v="{fmt_raw(cell.value)}"' if cell.value is not None else ''
         tds.append(f'<td{ca}{dv}>{_html_cell_body(cell)}</td>')
@@ -891,9 +893,9 @@ def _html_failures(coll: Collection) -> list[str]:
         cells = []
         for i, x in enumerate(row):
             if i == 7:
-                cells.append(f'<td title="{_e(x)}">{_e(_first_line(x))}</td>')
+                cells.append(f'<td class="wrap" title="{_e(x)}">{_e(_first_line(x))}</td>')
             else:
-                cells.append(f'<td>{_e(x)}</td>')
+                cells.append(f'<td{" class=" + chr(34) + "wrap" + chr(34) if i in (6, 8) else ""}>{_e(x)}</td>')
         p.append(f'<tr{attrs}>' + "".join(cells) + '</tr>')
     p.append('</tbody></table></div>')
     return p
