@@ -23,13 +23,13 @@ FLAT = [[25, 0.80], [50, 0.84], [75, 0.85], [100, 0.85]]
 RISING = [[25, 0.60], [50, 0.65], [75, 0.70], [100, 0.80]]  # +14 % over the last quarter
 # (method, variant lr or None, seed, ids predicted wrong (None: constant class 0), val/acc, curve)
 RUNS = [
-    ("full", None, 1, range(0, 30), 0.86, FLAT),
+    ("full", None, 1, range(30), 0.86, FLAT),
     ("full", None, 2, range(100, 130), 0.86, FLAT),
     ("lora", None, 1, range(5, 35), 0.86, FLAT),  # 5 examples each way vs full: a tie
     ("lora", None, 2, range(105, 135), 0.86, FLAT),
-    ("bitfit", 1e-4, 1, range(0, 65), 0.66, FLAT),
-    ("bitfit", 1e-3, 1, range(0, 60), 0.72, FLAT),  # best on val at the top of its grid: edge
-    ("ia3", None, 1, range(0, 40), 0.80, RISING),  # not converged
+    ("bitfit", 1e-4, 1, range(65), 0.66, FLAT),
+    ("bitfit", 1e-3, 1, range(60), 0.72, FLAT),  # best on val at the top of its grid: edge
+    ("ia3", None, 1, range(40), 0.80, RISING),  # not converged
     ("head_only", None, 1, None, 0.60, FLAT),  # always class 0: constant, ≈ baseline
 ]
 
@@ -148,9 +148,9 @@ def test_cli_reference_option(sweep: Path, tmp_path: Path):
     import sys
 
     p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "o"),
-                        "--no-plots", "--formats", "csv", "--reference", "lora"], capture_output=True, text=True)
+                        "--no-plots", "--formats", "csv", "--reference", "lora"], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "| vs lora (test/acc) |" in p.stdout
     p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
-                        "--reference", "nope"], capture_output=True, text=True)
+                        "--reference", "nope"], capture_output=True, text=True, check=False)
     assert p.returncode == 2 and "--reference nope: no such method" in p.stderr and not (tmp_path / "x").exists()

@@ -16,8 +16,22 @@ from peftbench.report.collect import Collection, Failure, Group, Skipped, Stat, 
 from peftbench.report.referee import DEFAULT_REFERENCE
 from peftbench.report.tables import build_tables, failures_csv, to_csv, to_html, to_latex, to_markdown
 
-__all__ = ["ReportResult", "build_report", "collect", "Collection", "Group", "Failure", "Skipped",
-           "Stat", "to_markdown", "to_csv", "to_latex", "to_html", "build_tables", "DEFAULT_REFERENCE"]
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "Collection",
+    "Failure",
+    "Group",
+    "ReportResult",
+    "Skipped",
+    "Stat",
+    "build_report",
+    "build_tables",
+    "collect",
+    "to_csv",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+]
 
 FORMATS = ("md", "csv", "tex", "html")
 

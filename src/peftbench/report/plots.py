@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.report.captions import CAPTIONS, caption
-from peftbench.report.collect import Collection, Group, family_rank, headline_metric, lower_is_better, size_rank
+from peftbench.report.collect import (
+    Collection,
+    Group,
+    family_rank,
+    headline_metric,
+    lower_is_better,
+    size_rank,
+)
 
 _SVG_META = {"Date": None, "Creator": "peftbench"}
 _PNG_META = {"Software": None}
-__all__ = ["make_plots", "headline_metric", "pareto_front", "caption"]
+__all__ = ["caption", "headline_metric", "make_plots", "pareto_front"]
 
 
 def _slug(s: str) -> str:

@@ -100,12 +100,19 @@ def _metric_values(g: Group, metric: str) -> list[float]:
 
 # ---------------------------------------------------------------- intervals
 
+_UNIT_RANGE = ("acc", "f1", "precision", "recall")  # scores in [0, 1]: a t-interval is clipped to it
+
+
 def interval(g: Group, metric: str) -> Interval | None:
     """≥ 2 seeds: the t-interval over seeds; one seed: the percentile bootstrap over eval examples."""
     vals = _metric_values(g, metric)
     if len(vals) >= 2:
         lo_hi = stats.t_interval(vals)
-        return Interval(*lo_hi, "t") if lo_hi else None
+        if lo_hi is None:
+            return None
+        if any(k in ev.base_of(metric).lower() for k in _UNIT_RANGE) and all(0.0 <= v <= 1.0 for v in vals):
+            lo_hi = (max(lo_hi[0], 0.0), min(lo_hi[1], 1.0))
+        return Interval(*lo_hi, "t")
     runs = _ok_runs(g)
     ex = ev.examples(runs[0], metric) if len(runs) == 1 else None
     if ex is None:
@@ -122,7 +129,7 @@ def majority(groups: Sequence[Group]) -> tuple[dict[str, tuple[float, int]], lis
     seen: dict[str, set[tuple[float, int]]] = {}
     for g in groups:
         for r in _ok_runs(g):
-            for split, blk in (r.get("eval") or {}).items():
+            for blk in (r.get("eval") or {}).values():
                 if isinstance(blk, dict) and blk.get("majority_rate") is not None and blk.get("metric"):
                     seen.setdefault(str(blk["metric"]), set()).add((float(blk["majority_rate"]), int(blk.get("n") or 0)))
     out, notes = {}, []
@@ -155,7 +162,7 @@ def baseline_flags(g: Group, metric: str, maj: dict[str, tuple[float, int]], v: 
         return
     rate, n = maj[metric]
     acc = g.metrics[metric].mean
-    k = int(round(acc * n))
+    k = round(acc * n)
     v.baseline_p = stats.above_rate_pvalue(k, n, rate)
     if v.baseline_p >= stats.ALPHA:
         v.flags.append(Flag("baseline", "≈ baseline",

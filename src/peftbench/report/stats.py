@@ -206,7 +206,7 @@ def paired_bootstrap_pvalue(stat_a: Callable[[Any], Any], stat_b: Callable[[Any]
 def grid_edge(grid: Sequence[float], selected: float) -> str | None:
     """'low' / 'high' when ``selected`` is the smallest / largest of a grid of ≥ 2 values, else None:
     the optimum may lie beyond that edge."""
-    vals = sorted(set(float(v) for v in grid))
+    vals = sorted({float(v) for v in grid})
     if len(vals) < 2 or float(selected) not in vals:
         return None
     if float(selected) == vals[0]:
