@@ -68,8 +68,10 @@ def test_expected_flags(sweep: Path):
     coll = collect([sweep])
     (t,) = build_tables(coll)
     assert t.referee.metric == "test/acc" and t.referee.ref_group.method == "full"
+    # the lr grid's unselected point leaves the table for the grid's selection table
     assert _flags(t) == {"full": set(), "lora": set(), "ia3": {"not_converged"}, "head_only": {"constant", "baseline"},
-                         "bitfit [lr=0.0001]": set(), "bitfit [lr=0.001]": {"edge"}}
+                         "bitfit [lr=0.001]": {"edge"}}
+    assert t.referee.hidden == {"bitfit [lr=0.0001]"}
     v = {g.method: t.referee.of(g) for g in t.groups}
     # lora vs full: 5 + 5 discordant examples in each of two seeds → McNemar b = c = 10 → p = 1
     assert v["lora"].vs_ref.test == "McNemar" and v["lora"].vs_ref.p == 1.0 and not v["lora"].vs_ref.significant
@@ -97,6 +99,8 @@ def test_flags_in_every_format(sweep: Path, tmp_path: Path):
     assert rows["head_only"]["flags"] == "constant;baseline" and rows["majority class"]["status"] == "baseline"
     assert rows["lora"]["vs_reference_test"] == "McNemar" and rows["full"]["vs_reference_test"] == "reference"
     assert rows["ia3"]["test/acc_ci_method"] == "bootstrap"
+    assert (rows["bitfit [lr=0.001]"]["tuning"], rows["bitfit [lr=0.0001]"]["tuning"]) == ("selected", "not selected")
+    assert "| bitfit [lr=0.0001] |" not in md  # in the tuning grid only
     tex = (out / "report.tex").read_text()
     assert r"\textbf{$\approx$ baseline}" in tex and r"\textit{majority class}" in tex
     page = (out / "report.html").read_text()

@@ -69,3 +69,13 @@ def test_selection_markdown_flags_the_edge():
          "selection": select(g, recs), "lr_grid_extensions": [], "extend_edges": 0}
     text = suite.selection_markdown(m)
     assert "at the high edge of the lrs tried" in text and "0 extra run(s)" in text
+
+
+def test_report_sees_the_whole_grid(tmp_path):
+    """The suite's report reads every lr's runs, so it can show the grid and flag its edge."""
+    for rel in ("t/m-s/lora/lr0.001/seed1", "t/m-s/lora/lr0.01/seed1", "t/m-s/lora/lr0.01/seed2"):
+        (tmp_path / rel).mkdir(parents=True)
+    m = {"run_ids": {"t/m-s/lora/lr0.001/seed1": "a", "t/m-s/lora/lr0.01/seed1": "b", "t/m-s/lora/lr0.01/seed2": "c"},
+         "pretrain": {"s": {"dir": str(tmp_path / "pre")}}}
+    dirs = suite.report_dirs(m, tmp_path)
+    assert [d.relative_to(tmp_path).as_posix() for d in dirs] == [*m["run_ids"], "pre"]

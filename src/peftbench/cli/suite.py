@@ -340,12 +340,19 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
     }
 
 
+def report_dirs(manifest: dict[str, Any], runs: Path) -> list[Path]:
+    """Every run of the grid (all lrs: the report needs the grid to flag an edge) and the ladder."""
+    dirs = [runs / r for r in manifest["run_ids"] if (runs / r).exists()]
+    return dirs + [Path(p["dir"]) for p in manifest["pretrain"].values()]
+
+
 def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None:
-    """Tables and plots of the selected runs and the ladder, plus the manifest, selection and README."""
+    """Tables and plots of every run of the grid and the ladder, plus the manifest, selection and README.
+    The report resolves each lr grid itself (its selected row in the table, every lr in the grid's
+    selection table, flagged when the selection sits at an edge)."""
     from peftbench.report import build_report
 
-    dirs = [runs / r for row in manifest["selection"] for r in row["selected_runs"]]
-    dirs += [Path(p["dir"]) for p in manifest["pretrain"].values()]
+    dirs = report_dirs(manifest, runs)
     report_dir.mkdir(parents=True, exist_ok=True)
     build_report(dirs, report_dir)
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

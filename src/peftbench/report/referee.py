@@ -80,6 +80,7 @@ class TableReferee:
     before: dict[str, Stat]  # metric column → the untuned base model's value
     sweeps: list[Sweep]
     notes: list[str]
+    hidden: set[str] = field(default_factory=set)  # rows a tuning grid did not select (by Group.method)
 
     def of(self, g: Group) -> Verdict:
         return self.verdicts.setdefault(g.method, Verdict())
@@ -354,12 +355,26 @@ def _na_notes(groups: Sequence[Group], metric: str | None, maj: dict[str, Any], 
     return notes
 
 
+TUNED = ("optim.",)  # a sweep over these keys is tuning: only its selected row stays in the table
+
+
+def tuned_away(sweeps_: Sequence[Sweep]) -> set[str]:
+    """Rows of an optimizer-hyper-parameter grid that the selection did not pick: shown in the grid's
+    selection table, not as results (other sweeps, e.g. over a rank, stay rows: they are a study)."""
+    return {g.method for sw in sweeps_ if sw.selected is not None and sw.key.startswith(TUNED)
+            for _, _, g in sw.rows if g is not sw.selected}
+
+
 def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_REFERENCE) -> TableReferee:
-    """Every check for one table; ``metric`` is its headline metric (None: nothing to compare)."""
+    """Every check for one table; ``metric`` is its headline metric (None: nothing to compare).
+    Tuning grids are resolved first, so references, paired tests and ties see selected rows only."""
     metrics = sorted({m for g in groups for m in g.metrics})
     maj, notes = majority(groups)
+    found = sweeps(groups, metric) if metric is not None else []
+    hidden = tuned_away(found)
+    groups = [g for g in groups if g.method not in hidden]
     ref = _pick_reference(groups, reference, metric)
-    tr = TableReferee(metric, reference, ref, {}, maj, before(groups, metrics), [], [])
+    tr = TableReferee(metric, reference, ref, {}, maj, before(groups, metrics), found, [], hidden)
     any_curves = False
     for g in groups:
         v = tr.of(g)
@@ -381,7 +396,6 @@ def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_
     if metric is not None:
         for name, rank in tie_groups(groups, metric).items():
             tr.verdicts[name].tie_group = rank
-        tr.sweeps = sweeps(groups, metric)
         for sw in tr.sweeps:
             if sw.selected is not None and sw.edge:
                 tr.of(sw.selected).flags.append(edge_flag(sw))

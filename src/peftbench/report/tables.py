@@ -396,6 +396,7 @@ def build_tables(coll: Collection, reference: str = rf.DEFAULT_REFERENCE) -> lis
     tables = []
     for (fam, size, ds), groups in buckets.items():
         judge = rf.judge(groups, headline_metric(groups), reference)
+        groups = [g for g in groups if g.method not in judge.hidden]
         cols = _columns(groups, judge)
         rows = [[c.get(g) for c in cols] for g in groups]
         # Drop measurement columns nobody measured (e.g. GPU memory on a CPU sweep).
@@ -548,17 +549,21 @@ def to_markdown(coll: Collection, tables: Sequence[Table] | None = None,
 # ---------------------------------------------------------------- csv
 
 REFEREE_CSV = ["reference", "vs_reference_diff", "vs_reference_p", "vs_reference_test", "tie_group",
-               "baseline_p", "flags"]
+               "baseline_p", "flags", "tuning"]
 
 
 def _csv_referee(t: Table | None, g: Group) -> list[str]:
     if t is None or t.referee is None:
         return [""] * len(REFEREE_CSV)
-    v, ref = t.referee.of(g), t.referee
+    ref = t.referee
+    tuning = "selected" if any(sw.selected is g for sw in ref.sweeps) else ""
+    if g.method in ref.hidden:  # a grid point the selection did not pick: its numbers, no verdicts
+        return [""] * (len(REFEREE_CSV) - 1) + ["not selected"]
+    v = ref.of(g)
     c = v.vs_ref
     return [ref.ref_group.method if ref.ref_group else "", fmt_raw(c.diff) if c else "", fmt_raw(c.p) if c else "",
             c.test if c else ("reference" if v.is_ref else ""), "" if v.tie_group is None else str(v.tie_group),
-            fmt_raw(v.baseline_p), ";".join(f.code for f in v.flags)]
+            fmt_raw(v.baseline_p), ";".join(f.code for f in v.flags), tuning]
 
 
 def _csv_metric(g: Group | None, m: str, v: rf.Verdict | None, baseline: float | None = None) -> list[str]:
@@ -595,6 +600,7 @@ def to_csv(coll: Collection, tables: Sequence[Table] | None = None) -> str:
     how it was computed, the referee's verdicts), then each table's baseline rows (status "baseline")."""
     tables = build_tables(coll) if tables is None else tables
     of_group = {g.key: t for t in tables for g in t.groups}
+    of_group.update({g.key: t for t in tables if t.referee for sw in t.referee.sweeps for _, _, g in sw.rows})
     groups = coll.groups
     metrics = sorted({m for g in groups for m in g.metrics})
     params = sorted({k for g in groups for k in g.params})
