@@ -158,3 +158,16 @@ def test_cli_reference_option(sweep: Path, tmp_path: Path):
     p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
                         "--reference", "nope"], capture_output=True, text=True, check=False)
     assert p.returncode == 2 and "--reference nope: no such method" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_predictions_path_outside_the_run_is_not_read(sweep: Path, tmp_path: Path):
+    """A record never makes the report read outside its run folder; the checks then say n/a."""
+    from peftbench.report import evidence
+
+    rec = json.loads((sweep / "run6" / "results.json").read_text())  # ia3, one seed
+    rec["eval"]["test"]["predictions"] = "../run0/predictions/test.json.gz"
+    results.write(tmp_path / "evil" / "a", rec)
+    (g,) = collect([tmp_path / "evil"]).groups
+    assert evidence.predictions(g.runs[0], "test") is None
+    (t,) = build_tables(collect([tmp_path / "evil"]))
+    assert "test/acc" not in t.referee.of(t.groups[0]).intervals

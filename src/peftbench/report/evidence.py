@@ -46,7 +46,11 @@ def predictions(rec: dict[str, Any], split: str) -> dict[str, Any] | None:
     if root not in path.parents:
         log.warning("ignoring predictions path %r outside its run folder %s", rel, root)
         return None
-    key = str(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = f"{path}:{st.st_mtime_ns}:{st.st_size}"  # a rewritten file is read again
     if key not in _CACHE:
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -162,6 +162,8 @@ def baseline_flags(g: Group, metric: str, maj: dict[str, tuple[float, int]], v: 
     if metric not in maj or metric not in g.metrics:
         return
     rate, n = maj[metric]
+    if n < 1:
+        return
     acc = g.metrics[metric].mean
     k = round(acc * n)
     v.baseline_p = stats.above_rate_pvalue(k, n, rate)
