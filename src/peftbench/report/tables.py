@@ -651,7 +651,8 @@ def failures_csv(coll: Collection) -> str:
 # ---------------------------------------------------------------- latex
 
 _TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "<": r"\textless{}", ">": r"\textgreater{}"}
 _TEX_UNI = {"≈": r"$\approx$", "≥": r"$\geq$", "α": r"$\alpha$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "—": "---", "·": r"$\cdot$",
             "×": r"$\times$", "…": r"\ldots{}"}
 
