@@ -171,3 +171,21 @@ def test_predictions_path_outside_the_run_is_not_read(sweep: Path, tmp_path: Pat
     assert evidence.predictions(g.runs[0], "test") is None
     (t,) = build_tables(collect([tmp_path / "evil"]))
     assert "test/acc" not in t.referee.of(t.groups[0]).intervals
+
+
+def test_convergence_tolerance_respects_the_curve_subset(tmp_path: Path):
+    """+0.02 accuracy over the last quarter: two examples' worth on a 1000-example subset (flagged),
+    about one example on a 64-example subset (noise, not flagged)."""
+    from peftbench.report.referee import convergence_flag
+
+    pts = [[25, 0.70], [50, 0.75], [75, 0.78], [100, 0.80]]
+    out = {}
+    for sub in (64, 1000):
+        rec = results.empty_record(run_id=f"c{sub}", seed=1, model={"family": "m", "size": "s"},
+                                   method={"name": f"x{sub}", "family": "f"}, dataset={"name": "d"},
+                                   metrics={"val/acc": 0.8}, curves={"val": {"metric": "val/acc", "subset": sub,
+                                                                             "points": pts}})
+        results.write(tmp_path / str(sub), rec)
+    for g in collect([tmp_path]).groups:
+        out[g.method] = convergence_flag(g)
+    assert out["x64"] is None and out["x1000"].code == "not_converged"

@@ -311,6 +311,15 @@ def edge_flag(sw: Sweep) -> Flag:
 
 # ---------------------------------------------------------------- convergence
 
+def _curve_noise(rec: dict[str, Any], metric: str) -> float:
+    """The smallest change an accuracy curve on a capped subset of m examples can resolve: 2/m
+    (two examples); 0 for other curves."""
+    sub = ((rec.get("curves") or {}).get("val") or {}).get("subset")
+    if isinstance(sub, int) and sub > 0 and any(k in ev.base_of(metric).lower() for k in _UNIT_RANGE):
+        return 2.0 / sub
+    return 0.0
+
+
 def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None | bool:
     """A "not converged" flag when any seed's validation curve (else its train loss) still improved by
     more than ``tol`` (relative) over the last quarter of training; False when no run has curves."""
@@ -319,11 +328,12 @@ def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None |
     for r in _ok_runs(g):
         vc = ev.val_curve(r)
         name, pts, lower = (vc[0], vc[1], lower_is_better(vc[0])) if vc else ("train loss", ev.train_curve(r), True)
-        gain = stats.late_gain(pts, lower) if pts else None
-        if gain is None:
+        ch = stats.late_change(pts, lower) if pts else None
+        if ch is None:
             continue
         had = True
-        if gain > tol and (worst is None or gain > worst[0]):
+        gain = ch[0] / max(abs(ch[1]), 1e-12)
+        if gain > tol and ch[0] > _curve_noise(r, name) and (worst is None or gain > worst[0]):
             worst = (gain, name, int(r["seed"]))
     if worst is None:
         return None if had else False

@@ -216,18 +216,22 @@ def grid_edge(grid: Sequence[float], selected: float) -> str | None:
     return None
 
 
-def late_gain(points: Sequence[Sequence[float]], lower_better: bool) -> float | None:
-    """Relative improvement over the last quarter of training: from the last point at or before 75 %
-    of the final step to the final point, in the better direction, divided by |earlier value|.
-    None with fewer than two points."""
+def late_change(points: Sequence[Sequence[float]], lower_better: bool) -> tuple[float, float] | None:
+    """(improvement, earlier value) over the last quarter of training: from the last point at or
+    before 75 % of the final step to the final point, in the better direction. None below two points."""
     pts = sorted((float(s), float(v)) for s, v in points)
     if len(pts) < 2:
         return None
     last_step, last = pts[-1]
     earlier = [p for p in pts[:-1] if p[0] <= 0.75 * last_step] or pts[:1]
     ref = earlier[-1][1]
-    gain = (ref - last) if lower_better else (last - ref)
-    return gain / max(abs(ref), 1e-12)
+    return ((ref - last) if lower_better else (last - ref), ref)
+
+
+def late_gain(points: Sequence[Sequence[float]], lower_better: bool) -> float | None:
+    """``late_change``'s improvement relative to |earlier value|."""
+    ch = late_change(points, lower_better)
+    return None if ch is None else ch[0] / max(abs(ch[1]), 1e-12)
 
 
 def not_converged(points: Sequence[Sequence[float]], lower_better: bool, tol: float = CONVERGE_TOL) -> bool | None:
