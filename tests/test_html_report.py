@@ -36,6 +36,7 @@ class _Tables(HTMLParser):
         a = dict(attrs)
         if tag == "body" and a.get("data-ready") == "1":
             self.ready = True
+            self.widest = int(a.get("data-widest") or 0)
         if tag == "table":
             self.tables.append({"headers": [], "rows": []})
         elif tag == "th":
@@ -89,7 +90,10 @@ def test_every_table_renders_its_rows(report, tmp_path):
     assert "<script src" not in html and "<link" not in html  # self-contained
     assert html.count("data:image/png;base64,") >= 1  # plots embedded
     dom = _dom(tmp_path, page)
-    expected = [len(t.rows) for t in build_tables(coll)] + ([len(coll.failures)] if coll.failures else [])
+    expected = []
+    for t in build_tables(coll):  # a result table (rows + baseline rows), then its tuning grids
+        expected += [len(t.rows) + len(t.baselines)] + [len(sw.rows) for sw in t.referee.sweeps]
+    expected += [len(coll.failures)] if coll.failures else []
     got = [len(t["rows"]) for t in dom.tables]
     assert got == expected and sum(got) >= 6
     assert all(_visible(r) for t in dom.tables for r in t["rows"])
@@ -129,3 +133,50 @@ def test_screenshot(report, tmp_path):
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 20_000  # a blank page compresses to a few KB; tables and plots do not
+
+
+def _dom_sized(tmp: Path, page: Path, hash_: str = "") -> _Tables:
+    p = _chromium(tmp, "--window-size=1280,1600", "--dump-dom", page.resolve().as_uri() + hash_)
+    assert p.returncode == 0, p.stderr[-2000:]
+    parsed = _Tables()
+    parsed.feed(p.stdout)
+    assert parsed.ready
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def referee_report(tmp_path_factory):
+    """The synthetic sweep of test_report_referee (flags of every kind, a tuning grid, baselines)."""
+    from peftbench.report import build_report
+    from tests.test_report_referee import RUNS, _write_run
+
+    root = tmp_path_factory.mktemp("referee")
+    for i, r in enumerate(RUNS):
+        _write_run(root / "sweep", i, *r)
+    build_report([root / "sweep"], root / "out", formats=("html",), plots=True)
+    return root / "out" / "report.html"
+
+
+def test_fits_a_laptop_screen_and_wide_columns_collapse(report, referee_report, tmp_path):
+    """Issue 24: at 1280 px no table is wider than the window; "all columns" (#wide=1) shows the costs."""
+    widest = {}
+    for page in (report[0], referee_report):
+        widest[page] = _dom_sized(tmp_path, page).widest
+        assert 0 < widest[page] <= 1280 - 40, f"{page}: widest table {widest[page]}px"
+    assert _dom_sized(tmp_path, report[0], "#wide=1").widest > widest[report[0]]
+
+
+def test_flags_are_badges_with_reasons(referee_report, tmp_path):
+    dom = _chromium(tmp_path, "--dump-dom", referee_report.resolve().as_uri())
+    assert dom.returncode == 0
+    html = dom.stdout
+    for code, why in (("baseline", "not significantly above the majority-class rate"),
+                      ("constant", "predicts one class for every test example"),
+                      ("not_converged", "still improved by"), ("edge", "the optimum may lie beyond it")):
+        i = html.index(f'class="badge b-{code}"')
+        assert why in html[i: i + 400], code
+    parsed = _Tables()
+    parsed.feed(html)
+    main = parsed.tables[0]
+    assert {"tie group", "flags"} <= set(main["headers"]) and any(h.startswith("vs full") for h in main["headers"])
+    assert main["rows"][-1]["attrs"].get("class") == "baseline"  # the majority-class row

@@ -13,7 +13,7 @@ def _report(args: argparse.Namespace) -> int:
     from peftbench.report import build_report
 
     res = build_report([Path(d) for d in args.dirs], Path(args.out) if args.out else None,
-                       formats=tuple(args.formats.split(",")), plots=not args.no_plots)
+                       formats=tuple(args.formats.split(",")), plots=not args.no_plots, reference=args.reference)
     print(res.markdown)
     print(f"\n{res.n_ok} ok run(s), {res.n_failed} not ok, {len(res.skipped)} file(s) skipped", file=sys.stderr)
     for f in res.files:
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: <first dir>/report)")
     r.add_argument("--formats", default="md,csv,tex,html", help="comma list of md,csv,tex,html")
     r.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+    r.add_argument("--reference", default=None, metavar="METHOD",
+                   help="method every row is paired-tested against, per model and dataset (default: full)")
     r.set_defaults(fn=_report)
     pa = sub.add_parser("params", help="typed parameter counts for a composed model + method, without loading weights")
     pa.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=roberta model_size=large method=lora method.r=8")

@@ -4,6 +4,8 @@ Every cell is one ordinary ``train(cfg)`` run (same code as ``peftbench-train``)
 dir, so a relaunch skips finished cells (idempotent run ids) and a failed cell is recorded, not
 fatal. Model selection: for each (task, model, size, method) the lr with the best mean
 *selection* metric over seeds wins; the report shows those runs' numbers on the *held-out* split.
+A selected lr at an edge of its grid is extended by one step beyond it (``--extend-edges``
+rounds, default 1; each added run is listed in the manifest), since the optimum may lie there.
 
 Splits (stated in every report):
 - SST-2: select on ``dev.tsv`` (6,735 sentences held out of GLUE train; a fixed subset), report
@@ -37,6 +39,7 @@ from typing import Any
 
 from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
+from peftbench.report.stats import grid_edge
 
 log = logging.getLogger("peftbench")
 
@@ -232,11 +235,36 @@ def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, An
                 by_lr.setdefault(c.lr, []).append(float(v))
         scored = {lr: statistics.mean(v) for lr, v in by_lr.items()}
         best = (min if lower_is_better(task.select) else max)(scored, key=scored.get) if scored else None
+        tried = sorted({c.lr for c in cs})
         rows.append({"task": g[0], "model": g[1], "size": g[2], "method": g[3], "select_on": task.select,
                      "report": task.report, "lr_scores": {f"{k:g}": v for k, v in sorted(scored.items())},
-                     "best_lr": best,
+                     "best_lr": best, "edge": grid_edge(tried, best) if best is not None else None,
                      "selected_runs": [c.rel_dir() for c in cs if c.lr == best]})
     return rows
+
+
+def next_lr(tried: list[float], edge: str) -> float | None:
+    """One more step beyond the selected edge, at the ratio of the grid's two values at that edge
+    (1e-4, 1e-3 → 1e-2 above, 1e-5 below), rounded to 6 significant digits so the run id is stable."""
+    lrs = sorted(set(tried))
+    if len(lrs) < 2 or lrs[0] <= 0:
+        return None
+    nxt = lrs[-1] * lrs[-1] / lrs[-2] if edge == "high" else lrs[0] * lrs[0] / lrs[1]
+    return float(f"{nxt:.6g}")
+
+
+def edge_extensions(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[Cell]:
+    """Cells that extend, by one step, each group whose selected lr is at an edge of the lrs tried."""
+    first = {c.group: c for c in records}
+    out = []
+    for row in select(grid, records):
+        if not row["edge"]:
+            continue
+        c = first[(row["task"], row["model"], row["size"], row["method"])]
+        lr = next_lr([x.lr for x in records if x.group == c.group], row["edge"])
+        if lr is not None:
+            out.append(Cell(c.task, c.model, c.size, c.method, lr, grid.seeds_of(c.task)[0]))
+    return out
 
 
 def _pretrain_ladder(grid: Grid, root: Path, shared: Path) -> dict[str, dict[str, Any]]:
@@ -249,8 +277,12 @@ def _pretrain_ladder(grid: Grid, root: Path, shared: Path) -> dict[str, dict[str
     return pre
 
 
-def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path) -> dict[Cell, dict[str, Any]]:
-    """Phase 1 (the lr grid on the first seed), then phase 2 (the other seeds at the selected lr)."""
+def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int = 1,
+               extensions: list[dict[str, Any]] | None = None) -> dict[Cell, dict[str, Any]]:
+    """Phase 1 (the lr grid on the first seed); up to ``extend`` rounds that add one lr beyond the
+    edge a group selected (listed in ``extensions``, for the manifest); then phase 2 (the other seeds
+    at the selected lr)."""
+    extensions = [] if extensions is None else extensions
     records: dict[Cell, dict[str, Any]] = {}
 
     def run_cell(c: Cell) -> None:
@@ -262,13 +294,21 @@ def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path) -> dict
     phase1 = list(cells(grid, methods))
     for c in phase1:
         run_cell(c)
+    for step in range(extend):  # bounded: each round adds at most one lr per edge-selected group
+        more = [c for c in edge_extensions(grid, records) if c not in records]
+        for c in more:
+            run_cell(c)
+            extensions.append({"round": step + 1, "task": c.task.name, "model": c.model, "size": c.size,
+                               "method": c.method, "added_lr": c.lr, "run": c.rel_dir()})
+        phase1 += more
     for c in list(seed_cells(select(grid, records), phase1, grid)):
         run_cell(c)
     return records
 
 
 def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[str], pre: dict[str, Any],
-                   records: dict[Cell, dict[str, Any]], runs: Path, t0: float) -> dict[str, Any]:
+                   records: dict[Cell, dict[str, Any]], runs: Path, t0: float,
+                   extensions: list[dict[str, Any]] | None = None, extend: int = 1) -> dict[str, Any]:
     """What ran, how it was selected, on what machine: the report's manifest.json."""
     from peftbench.run.record import env_info, git_revision
 
@@ -281,7 +321,8 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
         "versions": {m: v for m, v in env.items()
                      if m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
         "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
-        "protocol": "lr grid on the first seed (selection metric), then the other seeds at the selected lr; "
+        "protocol": f"lr grid on the first seed (selection metric); up to {extend} extra lr step(s) beyond a grid edge "
+                    "that was selected; then the other seeds at the selected lr; "
                     "the report shows the selected lr's runs (mean ± std over seeds)",
         "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": t.own_methods(methods),
                    "seeds": grid.seeds_of(t), "overrides": list(t.overrides)} for t in grid.tasks],
@@ -289,7 +330,8 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
         "lr_grid_per_task": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.lrs for t in grid.tasks if t.lrs},
         "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
                    "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
-        "pretrain": pre, "selection": selection,
+        "pretrain": pre, "selection": selection, "lr_grid_extensions": list(extensions or []),
+        "extend_edges": extend,
         "runs_dir": str(runs),
         "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
         "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
@@ -298,12 +340,19 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
     }
 
 
+def report_dirs(manifest: dict[str, Any], runs: Path) -> list[Path]:
+    """Every run of the grid (all lrs: the report needs the grid to flag an edge) and the ladder."""
+    dirs = [runs / r for r in manifest["run_ids"] if (runs / r).exists()]
+    return dirs + [Path(p["dir"]) for p in manifest["pretrain"].values()]
+
+
 def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None:
-    """Tables and plots of the selected runs and the ladder, plus the manifest, selection and README."""
+    """Tables and plots of every run of the grid and the ladder, plus the manifest, selection and README.
+    The report resolves each lr grid itself (its selected row in the table, every lr in the grid's
+    selection table, flagged when the selection sits at an edge)."""
     from peftbench.report import build_report
 
-    dirs = [runs / r for row in manifest["selection"] for r in row["selected_runs"]]
-    dirs += [Path(p["dir"]) for p in manifest["pretrain"].values()]
+    dirs = report_dirs(manifest, runs)
     report_dir.mkdir(parents=True, exist_ok=True)
     build_report(dirs, report_dir)
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -311,14 +360,15 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
     (report_dir / "README.md").write_text(readme_markdown(manifest))
 
 
-def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str) -> dict[str, Any]:
+def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str, extend: int = 1) -> dict[str, Any]:
     methods, skipped = available_methods(grid.methods)
+    extensions: list[dict[str, Any]] = []
     t0 = time.time()
     shared = root.parent / "pretrained"
     runs = root.parent / (grid.runs_from or grid.name) / "runs"
     pre = _pretrain_ladder(grid, root, shared)
-    records = _run_cells(grid, methods, runs, shared)
-    manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0)
+    records = _run_cells(grid, methods, runs, shared, extend, extensions)
+    manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
     root.mkdir(parents=True, exist_ok=True)  # a grid whose runs live in another grid's folder (runs_from)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     if report_dir is not None:
@@ -363,22 +413,29 @@ def selection_markdown(m: dict[str, Any]) -> str:
     lines = [f"# lr selection — grid `{m['grid']}`", "", f"Command: `{m['command']}`", "",
              f"Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
              f"Methods skipped (not registered / no conf): {', '.join(m['methods_skipped_not_available']) or 'none'}", "",
-             "| task | model | size | method | selection metric | mean over seeds per lr | best lr |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | model | size | method | selection metric | mean over seeds per lr | best lr | flag |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in m["selection"]:
         scores = ", ".join(f"{k}: {v:.4f}" for k, v in r["lr_scores"].items()) or "no ok run"
+        flag = f"at the {r['edge']} edge of the lrs tried: the optimum may lie beyond" if r.get("edge") else ""
         lines.append(f"| {r['task']} | {r['model']} | {r['size']} | {r['method']} | {r['select_on']} | {scores} | "
-                     f"{r['best_lr'] if r['best_lr'] is not None else '—'} |")
+                     f"{r['best_lr'] if r['best_lr'] is not None else '—'} | {flag} |")
+    ext = m.get("lr_grid_extensions") or []
+    lines += ["", f"Edge-selected grids were extended by one lr step, at most {m.get('extend_edges', 1)} time(s) per "
+              f"group ({len(ext)} extra run(s)" + (": " + "; ".join(
+                  f"{e['task']} {e['model']}-{e['size']} {e['method']} +lr {e['added_lr']:g}" for e in ext) if ext else "")
+              + "); a flag left above means the bound was reached."]
     return "\n".join(lines) + "\n"
 
 
-def dry_run(grid: Grid, shared: Path | None = None) -> list[str]:
+def dry_run(grid: Grid, shared: Path | None = None, extend: int = 1) -> list[str]:
     methods, skipped = available_methods(grid.methods)
     out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
     out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in grid.pretrain]
     out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid, shared))}" for c in cells(grid, methods)]
     extra = sum(len(t.models) * len(t.own_methods(methods)) * (len(grid.seeds_of(t)) - 1) for t in grid.tasks)
-    out.append(f"# then {extra} more runs: the other seeds at each group's selected lr")
+    out.append(f"# then up to {extend} more lr(s) per group whose selected lr is at an edge of its grid, and "
+               f"{extra} more runs: the other seeds at each group's selected lr")
     return out
 
 
@@ -392,7 +449,11 @@ def main(argv: list[str] | None = None) -> int:
                         "a later run without --only skips every finished cell and writes the whole report")
     p.add_argument("--out", default="outputs/suite", help="run folders (default outputs/suite/<grid>)")
     p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); none: no report")
+    p.add_argument("--extend-edges", type=int, default=1, metavar="N",
+                   help="rounds that add one lr beyond a grid edge the selection chose (0: never; default 1)")
     a = p.parse_args(argv)
+    if a.extend_edges < 0:
+        p.error("--extend-edges must be >= 0")
     grid = grids()["standard_quick" if a.quick else a.grid]
     if a.only:
         keep = set(a.only.split(","))
@@ -401,11 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
         grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
     if a.dry_run:
-        print("\n".join(dry_run(grid, Path(a.out) / "pretrained")))
+        print("\n".join(dry_run(grid, Path(a.out) / "pretrained", a.extend_edges)))
         return 0
     logging.basicConfig(level=logging.WARNING)
     cmd = "python -m peftbench.cli.suite " + " ".join(argv if argv is not None else sys.argv[1:])
-    m = run_grid(grid, Path(a.out) / grid.name, Path(a.report) if a.report else None, cmd)
+    m = run_grid(grid, Path(a.out) / grid.name, Path(a.report) if a.report else None, cmd, a.extend_edges)
     bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
     print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; manifest: {Path(a.out) / grid.name / 'manifest.json'}")
     return 0

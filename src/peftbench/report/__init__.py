@@ -13,10 +13,25 @@ from pathlib import Path
 
 from peftbench.errors import ConfigError
 from peftbench.report.collect import Collection, Failure, Group, Skipped, Stat, collect
+from peftbench.report.referee import DEFAULT_REFERENCE
 from peftbench.report.tables import build_tables, failures_csv, to_csv, to_html, to_latex, to_markdown
 
-__all__ = ["ReportResult", "build_report", "collect", "Collection", "Group", "Failure", "Skipped",
-           "Stat", "to_markdown", "to_csv", "to_latex", "to_html"]
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "Collection",
+    "Failure",
+    "Group",
+    "ReportResult",
+    "Skipped",
+    "Stat",
+    "build_report",
+    "build_tables",
+    "collect",
+    "to_csv",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+]
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -45,10 +60,12 @@ def build_report(
     out: str | os.PathLike[str] | None = None,
     formats: Sequence[str] = FORMATS,
     plots: bool = True,
+    reference: str | None = None,
 ) -> ReportResult:
     """Collect every results.json under ``dirs`` and write the report into ``out``.
 
-    ``out`` defaults to ``<first dir>/report/``. Prints nothing: unreadable files are logged
+    ``out`` defaults to ``<first dir>/report/``; ``reference`` names the method every other row is
+    tested against (paired, on the same eval examples; default full fine-tuning, where present). Prints nothing: unreadable files are logged
     as warnings (logger ``peftbench.report.collect``) and listed in ``result.skipped``.
     """
     dirs = [Path(d) for d in dirs]
@@ -65,21 +82,25 @@ def build_report(
     coll = collect(dirs)
     if not coll.n_files:  # nothing to report: say so, write nothing
         raise ConfigError(f"no results.json under {', '.join(map(str, dirs))}", option="dirs")
-    tables = build_tables(coll)
+    if reference is not None and not any(g.method.split(" [", 1)[0] == reference for g in coll.groups):
+        names = sorted({g.method.split(" [", 1)[0] for g in coll.groups})
+        raise ConfigError(f"--reference {reference}: no such method in these runs (methods: {', '.join(names)})",
+                          option="reference")
+    tables = build_tables(coll, reference or DEFAULT_REFERENCE)
     files: list[Path] = []
     images: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     if plots and coll.groups:
         from peftbench.report.plots import make_plots
 
-        written = make_plots(coll, out_dir / "plots")
+        written = make_plots(coll, out_dir / "plots", tables)
         files += written
         images = [p for p in written if p.suffix == ".png"]
     md = to_markdown(coll, tables, [p.relative_to(out_dir).as_posix() for p in images])
     if "md" in formats:
         _write(out_dir / "report.md", md, files)
     if "csv" in formats:
-        _write(out_dir / "report.csv", to_csv(coll), files)
+        _write(out_dir / "report.csv", to_csv(coll, tables), files)
         _write(out_dir / "failures.csv", failures_csv(coll), files)
     if "tex" in formats:
         _write(out_dir / "report.tex", to_latex(coll, tables), files)

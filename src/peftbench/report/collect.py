@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 FAMILY_ORDER = ("baseline", "additive", "selective", "reparameterized", "hybrid")
 # Common size names, small to large; unknown sizes sort after by model.total then by name.
 SIZE_ORDER = ("tiny", "mini", "xs", "small", "s", "base", "medium", "m", "large", "l", "xl", "xxl")
+RUN_DIR = "_dir"  # each record's folder, noted by collect() so predictions can be found (never written out)
 # Metric names containing one of these are "lower is better".
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "error", "wer", "cer", "mse", "mae", "rmse")
+# Preferred headline metrics, best first; otherwise the first non-loss metric, else any.
+PREFERRED = ("acc", "accuracy", "f1", "macro_f1", "mcc", "matthews", "pearson", "spearman", "rouge",
+             "bleu", "em", "exact_match", "ppl", "loss")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,21 @@ def _is_num(v: Any) -> bool:
 def lower_is_better(metric: str) -> bool:
     name = metric.rsplit("/", 1)[-1].lower()
     return any(tok in name for tok in LOWER_IS_BETTER)
+
+
+def headline_metric(groups: Sequence[Group]) -> str | None:
+    """The metric to plot for a dataset: test over val, task metrics over losses."""
+    names = sorted({m for g in groups for m in g.metrics if not m.endswith("_before")})
+    if not names:
+        return None
+
+    def rank(m: str) -> tuple[int, int, str]:
+        split, _, base = m.rpartition("/")
+        split_r = {"test": 0, "val": 1, "validation": 1, "eval": 1}.get(split, 2)
+        base_r = PREFERRED.index(base) if base in PREFERRED else (len(PREFERRED) - 2)
+        return (base_r, split_r, m)
+
+    return min(names, key=rank)
 
 
 def family_rank(family: str) -> tuple[int, str]:
@@ -350,6 +369,7 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
             log.warning("skipping %s: %s", path, reason)
             skipped.append(Skipped(path, _rel(root, path), reason))
             continue
+        rec[RUN_DIR] = str(path.parent)
         good.append((_rel(root, path), rec))
     good = _dedupe(good)
 

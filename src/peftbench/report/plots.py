@@ -12,32 +12,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from peftbench.report.collect import Collection, Group, family_rank, lower_is_better, size_rank
+from peftbench.report.captions import CAPTIONS, caption
+from peftbench.report.collect import (
+    Collection,
+    Group,
+    family_rank,
+    headline_metric,
+    lower_is_better,
+    size_rank,
+)
 
-# Preferred headline metrics, best first; otherwise the first non-loss metric, else any.
-PREFERRED = ("acc", "accuracy", "f1", "macro_f1", "mcc", "matthews", "pearson", "spearman", "rouge",
-             "bleu", "em", "exact_match", "ppl", "loss")
 _SVG_META = {"Date": None, "Creator": "peftbench"}
 _PNG_META = {"Software": None}
+__all__ = ["caption", "headline_metric", "make_plots", "pareto_front"]
 
 
 def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in s.lower()).strip("_") or "x"
-
-
-def headline_metric(groups: Sequence[Group]) -> str | None:
-    """The metric to plot for a dataset: test over val, task metrics over losses."""
-    names = sorted({m for g in groups for m in g.metrics})
-    if not names:
-        return None
-
-    def rank(m: str) -> tuple[int, int, str]:
-        split, _, base = m.rpartition("/")
-        split_r = {"test": 0, "val": 1, "validation": 1, "eval": 1}.get(split, 2)
-        base_r = PREFERRED.index(base) if base in PREFERRED else (len(PREFERRED) - 2)
-        return (base_r, split_r, m)
-
-    return min(names, key=rank)
 
 
 def pareto_front(points: Sequence[tuple[float, float]], lower_better: bool) -> list[tuple[float, float]]:
@@ -62,50 +53,94 @@ def _label(g: Group, many_sizes: bool) -> str:
     return f"{g.method} ({g.model_family}/{g.model_size})" if many_sizes else g.method
 
 
-def _plot_pareto(plt: Any, coll: Collection, out_dir: Path, written: list[Path]) -> None:
-    datasets = sorted({g.dataset for g in coll.groups})
-    for ds in datasets:
+def _verdicts(tables: Sequence[Any]) -> dict[tuple[str, str, str, str], Any]:
+    return {g.key: t.referee.of(g) for t in tables if t.referee is not None for g in t.groups}
+
+
+def _yerr(st: Any, iv: Any) -> tuple[float, float]:
+    """Error bar half-widths: the 95% interval where there is one, else ± std, else none."""
+    if iv is not None:
+        return (max(st.mean - iv.lo, 0.0), max(iv.hi - st.mean, 0.0))
+    return (st.std or 0.0, st.std or 0.0)
+
+
+def _baseline_lines(ax: Any, tables: Sequence[Any], ds: str, metric: str) -> None:
+    """The majority-class rate and each model's untuned score as horizontal lines."""
+    drawn: set[tuple[str, float]] = set()
+    for t in tables:
+        if t.dataset != ds or t.referee is None:
+            continue
+        lines = []
+        if metric in t.referee.majority:
+            lines.append(("majority class", t.referee.majority[metric][0], "--"))
+        if metric in t.referee.before:
+            lines.append((f"untuned {t.model_family}/{t.model_size}", t.referee.before[metric].mean, ":"))
+        for label, y, style in lines:
+            if (label, y) not in drawn:
+                drawn.add((label, y))
+                ax.axhline(y, color="0.5", linestyle=style, linewidth=1, label=f"{label} ({y:.3f})")
+
+
+def _pareto_points(groups: Sequence[Group], metric: str, verdicts: dict) -> list[tuple[Group, float, Any, Any]]:
+    pts = []
+    for g in groups:
+        tr, st = g.params.get("trainable"), g.metrics.get(metric)
+        if tr is not None and st is not None and tr.mean > 0:
+            v = verdicts.get(g.key)
+            pts.append((g, tr.mean, st, v))
+    return pts
+
+
+def _draw_fronts(ax: Any, pts: Sequence[tuple[Group, float, Any, Any]], metric: str) -> None:
+    """One Pareto front per model (family/size): fronts across model families compare unlike things."""
+    models = sorted({(g.model_family, g.model_size) for g, _, _, _ in pts})
+    for fam, size in models:
+        front = pareto_front([(x, st.mean) for g, x, st, _ in pts if (g.model_family, g.model_size) == (fam, size)],
+                             lower_is_better(metric))
+        label = f"Pareto front {fam}/{size}" if len(models) > 1 else "Pareto front"
+        if len(front) > 1:
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="0.4", linestyle="--",
+                    linewidth=1, label=label)
+        elif front:
+            ax.plot([front[0][0]], [front[0][1]], marker="*", markersize=14, color="0.4", linestyle="none",
+                    label=label)
+
+
+def _plot_pareto(plt: Any, coll: Collection, out_dir: Path, written: list[Path], tables: Sequence[Any] = ()) -> None:
+    verdicts = _verdicts(tables)
+    for ds in sorted({g.dataset for g in coll.groups}):
         groups = [g for g in coll.groups if g.dataset == ds and g.status == "ok"]
         metric = headline_metric(groups)
-        if metric is None:
-            continue
-        pts = []
-        for g in groups:
-            tr = g.params.get("trainable")
-            st = g.metrics.get(metric)
-            if tr is None or st is None or tr.mean <= 0:
-                continue
-            pts.append((g, tr.mean, st))
+        pts = _pareto_points(groups, metric, verdicts) if metric else []
         if not pts:
             continue
-        many = len({(g.model_family, g.model_size) for g, _, _ in pts}) > 1
+        many = len({(g.model_family, g.model_size) for g, _, _, _ in pts}) > 1
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        fam_of = {g.method: g.method_family for g, _, _ in pts}
-        methods = sorted(fam_of, key=lambda m: (family_rank(fam_of[m]), m))
+        fam_of = {g.method: g.method_family for g, _, _, _ in pts}
         cmap = plt.get_cmap("tab10")
-        for i, m in enumerate(methods):
-            mp = [(g, x, st) for g, x, st in pts if g.method == m]
-            ax.errorbar([x for _, x, _ in mp], [st.mean for _, _, st in mp],
-                        yerr=[st.std or 0.0 for _, _, st in mp], fmt="o", color=cmap(i % 10),
-                        label=f"{m} [{mp[0][0].method_family}]", capsize=3)
-            if many:
-                for g, x, st in mp:
-                    ax.annotate(g.model_size, (x, st.mean), textcoords="offset points", xytext=(4, 4),
-                                fontsize=7)
-        front = pareto_front([(x, st.mean) for _, x, st in pts], lower_is_better(metric))
-        if len(front) > 1:
-            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="0.4",
-                    linestyle="--", linewidth=1, label="Pareto front")
-        elif front:
-            ax.plot([front[0][0]], [front[0][1]], marker="*", markersize=14, color="0.4",
-                    linestyle="none", label="Pareto front")
+        flagged = False
+        for i, m in enumerate(sorted(fam_of, key=lambda m: (family_rank(fam_of[m]), m))):
+            for j, (g, x, st, v) in enumerate(p for p in pts if p[0].method == m):
+                lo, hi = _yerr(st, v.intervals.get(metric) if v else None)
+                near = bool(v) and any(f.code in ("baseline", "constant") for f in v.flags)
+                flagged = flagged or near
+                ax.errorbar([x], [st.mean], yerr=[[lo], [hi]], fmt="o", color=cmap(i % 10), capsize=3,
+                            mfc="none" if near else cmap(i % 10), label=f"{m} [{g.method_family}]" if j == 0 else None)
+                if many:
+                    ax.annotate(g.model_size, (x, st.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        _draw_fronts(ax, pts, metric)
+        _baseline_lines(ax, tables, ds, metric)
         ax.set_xscale("log")
         ax.set_xlabel("trainable params (log scale)")
         ax.set_ylabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
-        ax.set_title(f"{ds}: {metric} vs trainable params")
+        ax.set_title(f"{ds}: {metric} vs trainable params" + (" (hollow = ≈ baseline)" if flagged else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        _save(fig, out_dir, f"metric_vs_trainable_{_slug(ds)}", written)
+        name = f"metric_vs_trainable_{_slug(ds)}"
+        CAPTIONS[name] = (f"{ds}: {metric} (95% intervals as error bars) against trainable parameters, one Pareto "
+                          "front per model; dashed/dotted lines: majority class and untuned base model; hollow "
+                          "markers: not significantly above the majority baseline")
+        _save(fig, out_dir, name, written)
         plt.close(fig)
 
 
@@ -148,6 +183,7 @@ def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path])
     ax.set_title("peak memory vs model size")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
+    CAPTIONS["memory_vs_size"] = f"peak memory ({key.replace('_', ' ')}) per method against model size, averaged over datasets"
     _save(fig, out_dir, "memory_vs_size", written)
     plt.close(fig)
 
@@ -174,15 +210,21 @@ def _plot_speed(plt: Any, coll: Collection, out_dir: Path, written: list[Path]) 
     a1.set_ylabel("train tokens/s")
     a1.set_title("training throughput")
     a1.legend(fontsize=7)
-    vals = [g.speed["inference_overhead"].mean if "inference_overhead" in g.speed else 0.0 for g in groups]
-    a2.bar(xs, vals, width=0.6, color="tab:orange")
+    vals = [100 * g.speed["inference_overhead"].mean if "inference_overhead" in g.speed else 0.0 for g in groups]
+    errs = [100 * (g.speed["inference_overhead"].std or 0.0) if "inference_overhead" in g.speed else 0.0
+            for g in groups]
+    a2.bar(xs, vals, width=0.6, color="tab:orange", yerr=errs, capsize=2)
+    a2.axhline(0.0, color="0.4", linewidth=1)
     a2.set_xticks(xs)
     a2.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-    a2.set_ylabel("inference overhead vs base")
+    a2.set_ylabel("inference overhead, % (adapted ÷ base latency − 1)")
     a2.set_title("inference overhead")
     for a in (a1, a2):
         a.set_xlim(-0.6, len(groups) - 0.4)
         a.grid(True, axis="y", alpha=0.3)
+    CAPTIONS["throughput"] = ("left: training throughput (all and non-padding tokens/s); right: inference latency "
+                              "overhead vs the base model in % (error bars: std over seeds; timing noise on a shared "
+                              "machine can exceed small overheads)")
     _save(fig, out_dir, "throughput", written)
     plt.close(fig)
 
@@ -211,12 +253,59 @@ def _plot_forgetting(plt: Any, coll: Collection, out_dir: Path, written: list[Pa
         ax.set_title(f"{ds}: task score vs forgetting")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
+        CAPTIONS[f"task_vs_forgetting_{_slug(ds)}"] = f"{ds}: task {metric} against forgetting on {f0.get('set')}"
         _save(fig, out_dir, f"task_vs_forgetting_{_slug(ds)}", written)
         plt.close(fig)
 
 
-def make_plots(coll: Collection, out_dir: Path) -> list[Path]:
-    """Write every plot the data supports (PNG + SVG); returns paths, never raises on thin data."""
+def _curve_axes(plt: Any, n: int) -> tuple[Any, list[Any]]:
+    ncols = min(4, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows))
+    flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _plot_curves(plt: Any, coll: Collection, out_dir: Path, written: list[Path], tables: Sequence[Any] = ()) -> None:
+    """Small multiples per dataset: each row's validation curve per seed (train loss, grey, right axis)."""
+    from peftbench.report import evidence as ev
+
+    verdicts = _verdicts(tables)
+    for ds in sorted({g.dataset for g in coll.groups}):
+        groups = [g for g in coll.groups if g.dataset == ds and g.status == "ok"
+                  and any(ev.val_curve(r) or ev.train_curve(r) for r in g.runs)]
+        if not groups:
+            continue
+        fig, axes = _curve_axes(plt, len(groups))
+        for ax, g in zip(axes, groups):
+            twin = ax.twinx()
+            for r in sorted(g.runs, key=lambda r: r["seed"]):
+                vc, tc = ev.val_curve(r), ev.train_curve(r)
+                if vc and vc[1]:
+                    ax.plot(*zip(*vc[1]), marker=".", label=f"seed {r['seed']}")
+                    ax.set_ylabel(vc[0], fontsize=7)
+                if tc:
+                    twin.plot(*zip(*tc), color="0.7", linewidth=0.8)
+            twin.tick_params(labelsize=6)
+            ax.tick_params(labelsize=6)
+            v = verdicts.get(g.key)
+            bad = bool(v) and any(f.code == "not_converged" for f in v.flags)
+            ax.set_title(f"{g.method} ({g.model_family}/{g.model_size})" + ("\nNOT CONVERGED" if bad else ""),
+                         fontsize=7, color="tab:red" if bad else "black")
+            ax.set_xlabel("step", fontsize=7)
+        name = f"curves_{_slug(ds)}"
+        CAPTIONS[name] = (f"{ds}: validation metric during training, one panel per row and a line per seed "
+                          "(grey, right axis: train loss); red titles: still improving at the end (not converged)")
+        fig.tight_layout()
+        _save(fig, out_dir, name, written)
+        plt.close(fig)
+
+
+def make_plots(coll: Collection, out_dir: Path, tables: Sequence[Any] | None = None) -> list[Path]:
+    """Write every plot the data supports (PNG + SVG); returns paths, never raises on thin data.
+    ``tables`` (build_tables' output) carries the intervals, baselines and flags the plots show."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -244,7 +333,13 @@ def make_plots(coll: Collection, out_dir: Path) -> list[Path]:
     written: list[Path] = []
     rc = {"svg.hashsalt": "peftbench", "svg.fonttype": "path", "path.simplify": True,
           "font.family": "DejaVu Sans"}
+    if tables is None:
+        from peftbench.report.tables import build_tables
+
+        tables = build_tables(coll)
     with matplotlib.rc_context(rc):
-        for fn in (_plot_pareto, _plot_memory, _plot_speed, _plot_forgetting):
+        _plot_pareto(plt, coll, out_dir, written, tables)
+        for fn in (_plot_memory, _plot_speed, _plot_forgetting):
             fn(plt, coll, out_dir, written)
+        _plot_curves(plt, coll, out_dir, written, tables)
     return written

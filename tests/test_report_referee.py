@@ -1,0 +1,191 @@
+"""Golden referee report: a synthetic sweep written here (records + per-example predictions + curves)
+with a constant predictor, an edge-selected lr, an unconverged curve and two tied methods must get
+exactly the expected flags, in every format. Every expectation is derived from the data below."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from peftbench import results
+from peftbench.report import build_report, collect
+from peftbench.report.referee import compare
+from peftbench.report.tables import build_tables, to_csv
+
+N = 200
+LABELS = [0] * 120 + [1] * 80  # majority class 0: rate 0.6
+FLAT = [[25, 0.80], [50, 0.84], [75, 0.85], [100, 0.85]]
+RISING = [[25, 0.60], [50, 0.65], [75, 0.70], [100, 0.80]]  # +14 % over the last quarter
+# (method, variant lr or None, seed, ids predicted wrong (None: constant class 0), val/acc, curve)
+RUNS = [
+    ("full", None, 1, range(30), 0.86, FLAT),
+    ("full", None, 2, range(100, 130), 0.86, FLAT),
+    ("lora", None, 1, range(5, 35), 0.86, FLAT),  # 5 examples each way vs full: a tie
+    ("lora", None, 2, range(105, 135), 0.86, FLAT),
+    ("bitfit", 1e-4, 1, range(65), 0.66, FLAT),
+    ("bitfit", 1e-3, 1, range(60), 0.72, FLAT),  # best on val at the top of its grid: edge
+    ("ia3", None, 1, range(40), 0.80, RISING),  # not converged
+    ("head_only", None, 1, None, 0.60, FLAT),  # always class 0: constant, ≈ baseline
+]
+
+
+def _write_run(root: Path, i: int, method: str, lr: float | None, seed: int, wrong, val_acc: float, curve) -> None:
+    preds = [0] * N if wrong is None else [1 - y if k in set(wrong) else y for k, y in enumerate(LABELS)]
+    acc = sum(p == y for p, y in zip(preds, LABELS)) / N
+    run = root / f"run{i}"
+    (run / "predictions").mkdir(parents=True)
+    with gzip.open(run / "predictions" / "test.json.gz", "wt") as f:
+        json.dump({"ids": list(range(N)), "label": LABELS, "pred": preds}, f)
+    cfg = {"method": {"name": method}, "seed": seed, "optim": {"lr": lr if lr is not None else 1e-3}}
+    rec = results.empty_record(
+        run_id=f"r{i}", seed=seed, config=cfg, model={"family": "m", "size": "s", "total": 1000},
+        method={"name": method, "family": "additive"}, dataset={"name": "toy", "task": "classification"},
+        params={"trainable": 10 * (i + 1), "total": 1000}, metrics={"test/acc": acc, "val/acc": val_acc},
+        eval={"test": {"n": N, "majority_rate": 0.6, "majority_label": 0, "metric": "test/acc",
+                       "predictions": "predictions/test.json.gz"}},
+        curves={"val": {"metric": "val/acc", "subset": 64, "points": curve},
+                "train_loss": [[s, 1.0 / s] for s, _ in curve]})
+    results.write(run, rec)
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> Path:
+    for i, r in enumerate(RUNS):
+        _write_run(tmp_path / "sweep", i, *r)
+    return tmp_path / "sweep"
+
+
+def _flags(table) -> dict[str, set[str]]:
+    return {g.method: {f.code for f in table.referee.of(g).flags} for g in table.groups}
+
+
+def test_expected_flags(sweep: Path):
+    coll = collect([sweep])
+    (t,) = build_tables(coll)
+    assert t.referee.metric == "test/acc" and t.referee.ref_group.method == "full"
+    # the lr grid's unselected point leaves the table for the grid's selection table
+    assert _flags(t) == {"full": set(), "lora": set(), "ia3": {"not_converged"}, "head_only": {"constant", "baseline"},
+                         "bitfit [lr=0.001]": {"edge"}}
+    assert t.referee.hidden == {"bitfit [lr=0.0001]"}
+    v = {g.method: t.referee.of(g) for g in t.groups}
+    # lora vs full: 5 + 5 discordant examples in each of two seeds → McNemar b = c = 10 → p = 1
+    assert v["lora"].vs_ref.test == "McNemar" and v["lora"].vs_ref.p == 1.0 and not v["lora"].vs_ref.significant
+    # ia3 vs full (seed 1 only): full alone right on ids 30..39 → exact 2 · ½^10
+    assert v["ia3"].vs_ref.p == pytest.approx(2 / 1024)
+    assert v["full"].is_ref and v["full"].tie_group == v["lora"].tie_group == 1 and v["ia3"].tie_group == 2
+    # one seed → bootstrap over examples around the mean; two seeds → t over seeds
+    iv = v["ia3"].intervals["test/acc"]
+    assert iv.how == "bootstrap" and iv.lo < 0.8 < iv.hi
+    assert v["full"].intervals["test/acc"].how == "t"
+    (sw,) = t.referee.sweeps
+    assert (sw.method, sw.key, sw.metric, sw.edge) == ("bitfit", "optim.lr", "val/acc", "high")
+    assert t.referee.majority == {"test/acc": (0.6, N)}
+
+
+def test_flags_in_every_format(sweep: Path, tmp_path: Path):
+    out = tmp_path / "rep"
+    res = build_report([sweep], out, plots=True)
+    md = res.markdown
+    assert "| _majority class_ | _baseline_ |" in md and "_0.6000 (n=200)_" in md
+    assert "head_only — **≈ baseline**" in md and "head_only — **constant predictor**" in md
+    assert "ia3 — **not converged**" in md and "bitfit [lr=0.001] — **lr at grid edge**" in md
+    assert "Tuning grid of bitfit over `optim.lr`" in md and "selected (at the high edge of the grid)" in md
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO((out / "report.csv").read_text()))}
+    assert rows["head_only"]["flags"] == "constant;baseline" and rows["majority class"]["status"] == "baseline"
+    assert rows["lora"]["vs_reference_test"] == "McNemar" and rows["full"]["vs_reference_test"] == "reference"
+    assert rows["ia3"]["test/acc_ci_method"] == "bootstrap"
+    assert (rows["bitfit [lr=0.001]"]["tuning"], rows["bitfit [lr=0.0001]"]["tuning"]) == ("selected", "not selected")
+    assert "| bitfit [lr=0.0001] |" not in md  # in the tuning grid only
+    tex = (out / "report.tex").read_text()
+    assert r"\textbf{$\approx$ baseline}" in tex and r"\textit{majority class}" in tex
+    page = (out / "report.html").read_text()
+    assert 'class="badge b-baseline" title="test/acc 0.6000 (120/200) is not significantly above' in page
+    assert 'class="badge b-not_converged"' in page and 'class="badge b-edge"' in page
+    names = {p.name for p in res.files}
+    assert "curves_toy.png" in names and "metric_vs_trainable_toy.png" in names
+    assert "one Pareto front per model" in page  # a caption says what the plot shows
+
+
+def test_reference_option_and_old_records(sweep: Path, tmp_path: Path):
+    coll = collect([sweep])
+    (t,) = build_tables(coll, reference="lora")
+    rows = list(csv.DictReader(io.StringIO(to_csv(coll, [t]))))
+    assert t.referee.ref_group.method == "lora"
+    assert [r["method"] for r in rows if r["vs_reference_test"] == "reference"] == ["lora"]
+    (t,) = build_tables(coll, reference="nope")
+    assert t.referee.ref_group is None and any("--reference NAME" in n for n in t.notes)
+    # a record without eval / curves (older peftbench): the checks that need them say n/a
+    old = tmp_path / "old"
+    rec = json.loads((sweep / "run0" / "results.json").read_text())
+    del rec["eval"], rec["curves"]
+    results.write(old / "a", rec)
+    (t,) = build_tables(collect([old]))
+    assert not t.referee.of(t.groups[0]).flags and any("n/a" in n and "`eval`" in n for n in t.notes)
+    assert any(n.startswith("convergence: n/a") for n in t.notes)
+
+
+def test_paired_bootstrap_on_lm_losses(tmp_path: Path):
+    """Per-example token losses: a uniformly lower loss is significant by the paired bootstrap."""
+    for i, (m, shift) in enumerate((("full", 0.0), ("lora", 0.5))):
+        run = tmp_path / f"lm{i}"
+        (run / "predictions").mkdir(parents=True)
+        loss = [2.0 + 0.01 * k + shift for k in range(50)]
+        with gzip.open(run / "predictions" / "val.json.gz", "wt") as f:
+            json.dump({"ids": list(range(50)), "loss": loss, "tokens": [10] * 50}, f)
+        results.write(run, results.empty_record(
+            run_id=f"lm{i}", seed=1, model={"family": "m", "size": "s"}, method={"name": m, "family": "x"},
+            dataset={"name": "lm", "task": "causal_lm"}, metrics={"val/loss": sum(loss) / 50},
+            eval={"val": {"n": 50, "majority_rate": None, "majority_label": None, "metric": "val/loss",
+                          "predictions": "predictions/val.json.gz"}}))
+    g = {x.method: x for x in collect([tmp_path]).groups}
+    c = compare(g["lora"], g["full"], "val/loss")
+    assert c.test == "paired bootstrap" and c.p == 0.0 and c.diff == pytest.approx(0.5)
+
+
+def test_cli_reference_option(sweep: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "o"),
+                        "--no-plots", "--formats", "csv", "--reference", "lora"], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| vs lora (test/acc) |" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
+                        "--reference", "nope"], capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and "--reference nope: no such method" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_predictions_path_outside_the_run_is_not_read(sweep: Path, tmp_path: Path):
+    """A record never makes the report read outside its run folder; the checks then say n/a."""
+    from peftbench.report import evidence
+
+    rec = json.loads((sweep / "run6" / "results.json").read_text())  # ia3, one seed
+    rec["eval"]["test"]["predictions"] = "../run0/predictions/test.json.gz"
+    results.write(tmp_path / "evil" / "a", rec)
+    (g,) = collect([tmp_path / "evil"]).groups
+    assert evidence.predictions(g.runs[0], "test") is None
+    (t,) = build_tables(collect([tmp_path / "evil"]))
+    assert "test/acc" not in t.referee.of(t.groups[0]).intervals
+
+
+def test_convergence_tolerance_respects_the_curve_subset(tmp_path: Path):
+    """+0.02 accuracy over the last quarter: two examples' worth on a 1000-example subset (flagged),
+    about one example on a 64-example subset (noise, not flagged)."""
+    from peftbench.report.referee import convergence_flag
+
+    pts = [[25, 0.70], [50, 0.75], [75, 0.78], [100, 0.80]]
+    out = {}
+    for sub in (64, 1000):
+        rec = results.empty_record(run_id=f"c{sub}", seed=1, model={"family": "m", "size": "s"},
+                                   method={"name": f"x{sub}", "family": "f"}, dataset={"name": "d"},
+                                   metrics={"val/acc": 0.8}, curves={"val": {"metric": "val/acc", "subset": sub,
+                                                                             "points": pts}})
+        results.write(tmp_path / str(sub), rec)
+    for g in collect([tmp_path]).groups:
+        out[g.method] = convergence_flag(g)
+    assert out["x64"] is None and out["x1000"].code == "not_converged"

@@ -1,0 +1,81 @@
+"""The benchmark runner extends an edge-selected lr grid by one step (bounded, recorded in the
+manifest), before the other seeds run at the final selection. Runs are faked: only the selection logic
+is under test."""
+
+from __future__ import annotations
+
+import math
+
+from peftbench.cli import suite
+from peftbench.cli.suite import Cell, Grid, Task, edge_extensions, next_lr, select
+
+
+def _fake_run(calls):
+    """val/acc peaks at lr = 1e-2: 1 − |log10(lr) + 2| / 10."""
+    def run(overrides, out):
+        lr = float(next(o for o in overrides if o.startswith("optim.lr=")).split("=")[1])
+        calls.append((lr, int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])))
+        return {"status": "ok", "run_id": f"{lr}-{calls[-1][1]}",
+                "metrics": {"val/acc": 1 - abs(math.log10(lr) + 2) / 10, "test/acc": 0.5}}
+    return run
+
+
+def _grid(lrs):
+    t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
+    return Grid("g", [t], ["lora"], seeds=[1, 2], lrs={"default": lrs}, common=())
+
+
+def test_next_lr_steps_by_the_grid_ratio():
+    assert next_lr([1e-4, 1e-3], "high") == 1e-2
+    assert next_lr([1e-4, 1e-3], "low") == 1e-5
+    assert next_lr([1e-3, 3e-3], "high") == 0.009  # rounded: a stable run id
+    assert next_lr([1e-3], "high") is None
+
+
+def test_edge_selected_grid_is_extended_once_then_seeds_run(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(suite, "_run", _fake_run(calls))
+    ext = []
+    records = suite._run_cells(_grid([1e-4, 1e-3]), ["lora"], tmp_path, tmp_path, extend=1, extensions=ext)
+    # phase 1 picks 1e-3 (upper edge) → one extra run at 1e-2, which wins; the bound stops there
+    assert calls == [(1e-4, 1), (1e-3, 1), (1e-2, 1), (1e-2, 2)]
+    assert [(e["round"], e["added_lr"]) for e in ext] == [(1, 1e-2)]
+    (row,) = select(_grid([1e-4, 1e-3]), records)
+    assert row["best_lr"] == 1e-2 and row["edge"] == "high"  # still at the edge: flagged, not chased forever
+
+
+def test_interior_selection_is_not_extended(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(suite, "_run", _fake_run(calls))
+    g = _grid([1e-3, 1e-2, 1e-1])
+    records = suite._run_cells(g, ["lora"], tmp_path, tmp_path, extend=3)
+    assert sorted({lr for lr, _ in calls}) == [1e-3, 1e-2, 1e-1] and edge_extensions(g, records) == []
+    assert select(g, records)[0]["edge"] is None
+
+
+def test_extension_disabled(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(suite, "_run", _fake_run(calls))
+    suite._run_cells(_grid([1e-4, 1e-3]), ["lora"], tmp_path, tmp_path, extend=0)
+    assert calls == [(1e-4, 1), (1e-3, 1), (1e-3, 2)]
+
+
+def test_selection_markdown_flags_the_edge():
+    t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
+    g = _grid([1e-4, 1e-3])
+    recs = {Cell(t, "m", "s", "lora", lr, 1): {"status": "ok", "metrics": {"val/acc": v}}
+            for lr, v in ((1e-4, 0.6), (1e-3, 0.7))}
+    m = {"grid": "g", "command": "x", "splits": {"sst2": "a", "lm/sft": "b"}, "methods_skipped_not_available": [],
+         "selection": select(g, recs), "lr_grid_extensions": [], "extend_edges": 0}
+    text = suite.selection_markdown(m)
+    assert "at the high edge of the lrs tried" in text and "0 extra run(s)" in text
+
+
+def test_report_sees_the_whole_grid(tmp_path):
+    """The suite's report reads every lr's runs, so it can show the grid and flag its edge."""
+    for rel in ("t/m-s/lora/lr0.001/seed1", "t/m-s/lora/lr0.01/seed1", "t/m-s/lora/lr0.01/seed2"):
+        (tmp_path / rel).mkdir(parents=True)
+    m = {"run_ids": {"t/m-s/lora/lr0.001/seed1": "a", "t/m-s/lora/lr0.01/seed1": "b", "t/m-s/lora/lr0.01/seed2": "c"},
+         "pretrain": {"s": {"dir": str(tmp_path / "pre")}}}
+    dirs = suite.report_dirs(m, tmp_path)
+    assert [d.relative_to(tmp_path).as_posix() for d in dirs] == [*m["run_ids"], "pre"]
