@@ -66,6 +66,7 @@ def run(out: Path, rounds: int, extra: list[str]) -> None:
             if rec["status"] != "ok":
                 raise SystemExit(f"{mode} round {r}: {rec['status']}: {rec['error']}")
             shutil.rmtree(folder / "adapter", ignore_errors=True)  # the record is the result; weights are not needed
+            (folder / ".peftbench.lock").unlink(missing_ok=True)  # the finished run's folder lock
             runs.append({"run": folder.name, "loadavg_before": load, "useful_tokens_per_s": rec["speed"]["useful_tokens_per_s"]})
             print(json.dumps(runs[-1]), flush=True)
     env = env_info()
