@@ -142,6 +142,10 @@ class ImageText(Task):
         self.tok, self.max_new_tokens = tokenizer, int(max_new_tokens)
         self.attributes = {k: list(v) for k, v in (attributes or {}).items()}
         self.constant = constant
+        if constant is not None:  # the record holds its scores (const_*); the log says which caption it was
+            import logging
+
+            logging.getLogger(__name__).info("image_text baseline: the constant caption %r", constant)
 
     def metrics(self) -> nn.ModuleDict:
         names = [f"{k}_acc" for k in self.attributes] + (["all_attr_acc"] if self.attributes else [])
