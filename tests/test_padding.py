@@ -121,3 +121,81 @@ def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
         out[padding] = trainer.validate(lit, dataloaders=dm.val_dataloader(), verbose=False)[0]
     assert out["max_length"]["val/loss"] == pytest.approx(out["dynamic"]["val/loss"], abs=1e-5)
     assert out["max_length"]["val/acc"] == out["dynamic"]["val/acc"]
+
+
+def test_throughput_totals_count_timed_tokens_and_attention_pairs():
+    """The record's timed totals (issue 25): tokens, useful tokens and Σ rows·s² (what dense attention's
+    QKᵀ and AV scale with) over the optimizer steps past warm-up, from the batch shapes."""
+    from types import SimpleNamespace
+
+    from peftbench.measure.throughput import ThroughputCallback
+
+    thr = ThroughputCallback(warmup_steps=1)
+    trainer = SimpleNamespace(global_step=0, world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    thr.on_train_start(trainer, None)
+    shapes = [(2, 8, 5), (2, 4, 3), (3, 6, 2)]  # (rows, padded length, useful tokens per row)
+    for i, (rows, s, useful) in enumerate(shapes):
+        mask = torch.zeros(rows, s, dtype=torch.long)
+        mask[:, :useful] = 1
+        batch = {"input_ids": torch.ones(rows, s, dtype=torch.long), "attention_mask": mask}
+        thr.on_train_batch_start(trainer, None, batch, i)
+        trainer.global_step += 1
+        thr.on_train_batch_end(trainer, None, None, batch, i)
+    thr.on_train_end(trainer, None)
+    out = thr.summary()
+    timed = shapes[1:]  # the first step is warm-up
+    assert out["train_tokens"] == sum(r * s for r, s, _ in timed)
+    assert out["train_useful_tokens"] == sum(r * u for r, _, u in timed)
+    assert out["train_attn_pairs"] == sum(r * s * s for r, s, _ in timed)
+    assert out["train_time_s"] == pytest.approx(sum(thr.step_times))
+    assert out["train_cpu_s"] == pytest.approx(sum(thr.step_cpu_times)) and len(thr.step_cpu_times) == 2
+    assert out["train_tokens_per_s"] == pytest.approx(out["train_tokens"] / out["train_time_s"])
+
+
+def _padding_driver():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "padding_sst2" / "driver.py"
+    spec = importlib.util.spec_from_file_location("padding_driver", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_padding_table_is_made_from_the_run_records(tmp_path):
+    """The padding report's table comes from runs/*/results.json alone: rotated order per round, the
+    measured ratio (median, range) beside the token-count and FLOP predictions, all derived here."""
+    import json
+
+    drv = _padding_driver()
+    assert [drv.order(r) for r in range(3)] == [["fixed-64", "dynamic", "length-grouped"],
+                                                ["dynamic", "length-grouped", "fixed-64"],
+                                                ["length-grouped", "fixed-64", "dynamic"]]
+    d, ff, L, added = 8, 16, 2, 10
+    arch = {"hidden_size": d, "intermediate_size": ff, "num_hidden_layers": L}
+    # (samples, tokens, useful, Σ rows·s²) per setting; times per round chosen by hand
+    counts = {"fixed-64": (32, 32 * 64, 320, 32 * 64 * 64), "length-grouped": (32, 32 * 16, 320, 32 * 16 * 16)}
+    times = {"fixed-64": [4.0, 5.0, 4.0], "length-grouped": [1.0, 1.0, 0.5]}
+    for r in range(3):
+        for pos, mode in enumerate(m for m in drv.order(r) if m in counts):
+            n, tok, useful, pairs = counts[mode]
+            t = times[mode][r]
+            rec = {"config": {"model": {"sizes": {"x": {"arch": arch}}}, "model_size": {"name": "x"}},
+                   "params": {"added": added}, "metrics": {"val/acc": 0.5}, "budget": {"optimizer_steps": 2},
+                   "speed": {"train_time_s": t, "train_samples_per_s": n / t, "train_tokens": tok,
+                             "train_useful_tokens": useful, "train_attn_pairs": pairs}}
+            (tmp_path / "runs" / f"r{r}-p{pos}-{mode}").mkdir(parents=True)
+            (tmp_path / "runs" / f"r{r}-p{pos}-{mode}" / "results.json").write_text(json.dumps(rec))
+    drv.table(tmp_path)
+    text = (tmp_path / "table.md").read_text()
+    ratios = sorted((320 / times["length-grouped"][r]) / (320 / times["fixed-64"][r]) for r in range(3))  # 4, 5, 8
+    n_lin = L * (4 * d * d + 2 * d * ff) + added
+    flops = {m: 2 * n_lin * c[1] + 4 * d * L * c[3] for m, c in counts.items()}
+    flop_ratio = flops["fixed-64"] / flops["length-grouped"]  # the same useful tokens in both
+    row = next(line for line in text.splitlines() if line.startswith("| length-grouped | 16.0 | 10.0 |"))
+    assert f"{ratios[1]:.2f}× [{ratios[0]:.2f}–{ratios[2]:.2f}]" in row
+    assert f"| {64 / 16:.2f}× | {flop_ratio:.2f}× |" in row  # token-count ratio, then the FLOP ratio
+    assert "length-grouped → fixed-64" in text  # the rotated order is shown per round
+    verdict = "does not explain" if not ratios[0] <= flop_ratio <= ratios[2] else "is consistent"
+    assert verdict in text.split("FLOP count explain")[1]

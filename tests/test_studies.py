@@ -127,7 +127,8 @@ def test_image_text_runs_through_the_pipeline(compose_run, tmp_path):
                             "measure.before=true", "measure.inference_overhead=false"))
     assert rec["status"] == "ok", rec["error"]
     m = rec["metrics"]
-    for key in ("val/bleu", "val/colour_acc", "val/shape_acc", "val/position_acc", "val/bleu_before"):
+    for key in ("val/bleu", "val/colour_acc", "val/shape_acc", "val/position_acc", "val/bleu_before",
+                "val/all_attr_acc", "val/const_bleu", "val/const_colour_acc", "val/const_all_attr_acc"):
         assert 0.0 <= m[key] <= 1.0, key
     assert rec["dataset"]["sizes"] == {"train": 9, "validation": 3} and rec["model"]["family"] == "tiny_vlm"
     assert 0 < rec["params"]["trainable"] == rec["params"]["added"] < rec["params"]["total"]

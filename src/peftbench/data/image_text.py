@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -126,6 +127,59 @@ def image_folder(ds: Mapping[str, Any], data_dir: str | None) -> Path:
     return out
 
 
+_WORD = r"[\w'-]+"
+
+
+def _words(text: str) -> str:
+    """Lower-cased words separated by single spaces: case and punctuation do not change the value named."""
+    return " ".join(re.findall(_WORD, text.lower()))
+
+
+def value_pattern(value: str) -> re.Pattern:
+    """The value as whole words in original text (any case, any separator between its words)."""
+    return re.compile(r"(?<![\w'-])" + r"[^\w'-]+".join(map(re.escape, value.split())) + r"(?![\w'-])", re.IGNORECASE)
+
+
+def named_value(text: str, values: list[str]) -> str | None:
+    """The one value of ``values`` that the text names as whole words (longest first, a match consumes
+    its words, so "top left" is not also "top"); None when it names none, or several (a caption
+    hedging "red blue circle" is not right about its colour)."""
+    padded, found = f" {_words(text)} ", set()
+    for v in sorted(values, key=len, reverse=True):
+        key = f" {_words(v)} "
+        if key.strip() and key in padded:
+            found.add(v)
+            padded = padded.replace(key, " | ")
+    return found.pop() if len(found) == 1 else None
+
+
+ATTR_OPTION = "dataset.attributes"
+
+
+def check_attributes(attributes: Any, captions: list[str]) -> dict[str, list[str]]:
+    """``dataset.attributes`` ({name: [values]}) checked against the captions: each an identifier
+    (it names the metric ``<name>_acc``) with distinct non-empty values, and named by at least one
+    caption — an attribute no caption names would score nothing and read as a missing metric."""
+    if attributes in (None, {}):
+        return {}
+    if not isinstance(attributes, Mapping):
+        raise ConfigError(f"expected a mapping {{name: [values]}}, got {type(attributes).__name__}", option=ATTR_OPTION)
+    out = {}
+    for name, values in attributes.items():
+        if not str(name).isidentifier() or name == "all_attr":
+            raise ConfigError(f"attribute name '{name}' must be an identifier other than 'all_attr' "
+                              "(it names the metric <name>_acc)", option=ATTR_OPTION)
+        if isinstance(values, str) or not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"attribute '{name}' needs a non-empty list of values, got {values!r}", option=ATTR_OPTION)
+        vals = [str(v).strip() for v in values]
+        if any(not v for v in vals) or len({v.lower() for v in vals}) < len(vals):
+            raise ConfigError(f"attribute '{name}': values must be non-empty and distinct, got {vals}", option=ATTR_OPTION)
+        if not any(named_value(c, vals) is not None for c in captions):
+            raise ConfigError(f"attribute '{name}': no caption names exactly one of {vals}", option=ATTR_OPTION)
+        out[str(name)] = vals
+    return out
+
+
 def load_image_text(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
     """train/validation splits of (image path, caption); missing files refused by row, before any
     weight loads. The last ``val_fraction`` of the pairs is held out; limits apply after the cut."""
@@ -135,6 +189,7 @@ def load_image_text(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, Sp
     if len(pairs) < n_val + 2:
         raise ConfigError(f"{folder} has {len(pairs)} examples; need at least {n_val + 2} (train + validation)",
                           option=OPTION)
+    check_attributes(ds.get("attributes"), [t for _, t in pairs])  # refused before any weight loads
     src = str(folder / ("annotations.json" if (folder / "annotations.json").exists() else "annotations.csv"))
     seed, out = int(ds.get("subset_seed", 0)), {}
     for name, part, limit in (("train", pairs[:-n_val], ds.get("train_limit")),

@@ -5,7 +5,9 @@
   naming no label count as wrong and lower ``valid_label_rate``.
 - corpus BLEU of generated captions (``image_text``), sacrebleu's ``corpus_bleu`` / 100 (exp
   smoothing, 13a tokens), accumulated as sufficient statistics so it sums over batches and ranks;
-  and per-attribute accuracy (the value a caption names, e.g. its colour, against the reference's).
+  per-attribute accuracy (the value a caption names, e.g. its colour, against the reference's), the
+  share of captions with every attribute right, and the same numbers for the best constant caption
+  chosen on the train captions: the baseline a captioner that ignores its image reaches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 import torch
 import torchmetrics
 
+from peftbench.data.image_text import named_value, value_pattern
 from peftbench.data.tokenize import IGNORE
 
 
@@ -94,16 +97,67 @@ class CorpusBLEU(torchmetrics.Metric):
         return torch.tensor(_bleu()._compute_score_from_stats([int(x) for x in self.stats.tolist()]).score / 100.0)
 
 
-def named_value(text: str, values: list[str]) -> str | None:
-    """The first of ``values`` (longest first) that the text names as whole words."""
-    padded = f" {' '.join(text.lower().split())} "
-    return next((v for v in sorted(values, key=len, reverse=True) if f" {v.lower()} " in padded), None)
-
-
 def attribute_hits(preds: list[str], refs: list[str], values: list[str]) -> torch.Tensor:
     """1/0 per caption whose reference names a value: does the generated caption name the same one?"""
     hits = [named_value(p, values) == gold for p, r in zip(preds, refs) if (gold := named_value(r, values)) is not None]
     return torch.tensor(hits, dtype=torch.float)
+
+
+def all_attribute_hits(preds: list[str], refs: list[str], attributes: Mapping[str, list[str]]) -> torch.Tensor:
+    """1/0 per caption whose reference names a value of every attribute: are all of them right?"""
+    hits = []
+    for p, r in zip(preds, refs):
+        gold = {k: named_value(r, v) for k, v in attributes.items()}
+        if attributes and None not in gold.values():
+            hits.append(all(named_value(p, v) == gold[k] for k, v in attributes.items()))
+    return torch.tensor(hits, dtype=torch.float)
+
+
+def _mean(x: torch.Tensor) -> float:
+    return float(x.mean()) if x.numel() else 0.0
+
+
+def constant_score(caption: str, refs: list[str], attributes: Mapping[str, list[str]]) -> tuple[float, float]:
+    """(mean attribute accuracy, corpus BLEU / 100) of answering ``caption`` to every reference."""
+    preds = [caption] * len(refs)
+    acc = [_mean(attribute_hits(preds, refs, v)) for v in attributes.values()]
+    bleu = _bleu().corpus_score(preds, [list(refs)]).score / 100.0
+    return (sum(acc) / len(acc) if acc else 0.0), bleu
+
+
+def mode_caption(template: str, captions: list[str], attributes: Mapping[str, list[str]]) -> str:
+    """``template`` with each attribute's value replaced by that attribute's most frequent value in
+    ``captions`` (ties: the value listed first)."""
+    from collections import Counter
+
+    out = template
+    for values in attributes.values():
+        named = Counter(v for c in captions if (v := named_value(c, values)) is not None)
+        have = named_value(out, values)
+        if named and have is not None:
+            best = max(values, key=lambda v: named[v])  # max keeps the first of equal counts
+            out = value_pattern(have).sub(best, out, count=1)
+    return out
+
+
+def constant_caption(captions: list[str], attributes: Mapping[str, list[str]] | None = None, top_k: int = 50) -> str:
+    """The best single caption to answer every image with, chosen on ``captions`` (the train split):
+    among the ``top_k`` most frequent captions and the caption built from each attribute's most frequent
+    value, the one with the highest mean attribute accuracy, then the highest BLEU (ties: more
+    frequent), scored on at most ~5,000 of the captions. It is the baseline a captioner that ignores its
+    image reaches."""
+    from collections import Counter
+
+    attributes = attributes or {}
+    caps = [c.strip() for c in captions if c.strip()]
+    if not caps:
+        raise ValueError("constant_caption: no non-empty caption to choose from")
+    ranked = [c for c, _ in Counter(caps).most_common(top_k)]
+    built = mode_caption(ranked[0], caps, attributes)
+    candidates = ranked + ([built] if built not in ranked else [])
+    scored = caps[:: max(1, len(caps) // 5000)]  # an even sample bounds the cost on large caption sets
+    scores = [constant_score(c, scored, attributes) for c in candidates]
+    return candidates[max(range(len(candidates)), key=lambda i: (scores[i], -i))]
 
 
 def captions(model: Any, tokenizer: Any, pixel_values: torch.Tensor, max_new_tokens: int) -> list[str]:

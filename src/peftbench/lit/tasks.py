@@ -14,7 +14,14 @@ import torchmetrics
 from torch import nn
 
 from peftbench.data.tokenize import IGNORE
-from peftbench.lit.generation import CorpusBLEU, GeneratedLabels, attribute_hits, captions
+from peftbench.lit.generation import (
+    CorpusBLEU,
+    GeneratedLabels,
+    all_attribute_hits,
+    attribute_hits,
+    captions,
+    constant_caption,
+)
 
 
 class Task(nn.Module):
@@ -121,39 +128,64 @@ class CausalLM(Task):
 
 class ImageText(Task):
     """Captioning (``pixel_values`` → caption ``labels``): the decoder's loss; at evaluation, corpus
-    BLEU of greedy captions and, per named attribute, whether the caption names the right value."""
+    BLEU of greedy captions and, per named attribute, whether the caption names the right value
+    (``<attr>_acc``) and whether every attribute is right (``all_attr_acc``). With ``constant`` (the
+    best single caption on the train split), the same metrics for answering it to every image
+    (``const_bleu``, ``const_<attr>_acc``, ``const_all_attr_acc``): a number only counts as learning
+    where it beats its constant twin."""
 
     name = "image_text"
 
-    def __init__(self, tokenizer: Any, max_new_tokens: int = 16, attributes: Mapping[str, list[str]] | None = None):
+    def __init__(self, tokenizer: Any, max_new_tokens: int = 16, attributes: Mapping[str, list[str]] | None = None,
+                 constant: str | None = None):
         super().__init__()
         self.tok, self.max_new_tokens = tokenizer, int(max_new_tokens)
         self.attributes = {k: list(v) for k, v in (attributes or {}).items()}
+        self.constant = constant
+        if constant is not None:  # the record holds its scores (const_*); the log says which caption it was
+            import logging
+
+            logging.getLogger(__name__).info("image_text baseline: the constant caption %r", constant)
 
     def metrics(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"bleu": CorpusBLEU(), **{f"{k}_acc": torchmetrics.MeanMetric() for k in self.attributes}})
+        names = [f"{k}_acc" for k in self.attributes] + (["all_attr_acc"] if self.attributes else [])
+        m = {"bleu": CorpusBLEU(), **{n: torchmetrics.MeanMetric() for n in names}}
+        if self.constant is not None:
+            m.update({"const_bleu": CorpusBLEU(), **{f"const_{n}": torchmetrics.MeanMetric() for n in names}})
+        return nn.ModuleDict(m)
 
     def loss_weight(self, batch):
         return (batch["labels"] != IGNORE).sum()  # the decoder shifts internally: every label is scored
+
+    def _score(self, preds: list[str], refs: list[str], metrics: nn.ModuleDict, prefix: str = "") -> None:
+        metrics[f"{prefix}bleu"].update(preds, refs)
+        for k, values in self.attributes.items():
+            _update(metrics[f"{prefix}{k}_acc"], attribute_hits(preds, refs, values))
+        if self.attributes:
+            _update(metrics[f"{prefix}all_attr_acc"], all_attribute_hits(preds, refs, self.attributes))
 
     def evaluate(self, model, batch, metrics):
         loss = model(**batch).loss
         preds = captions(model, self.tok, batch["pixel_values"], self.max_new_tokens)
         refs = [self.tok.decode(r[r != IGNORE], skip_special_tokens=True).strip() for r in batch["labels"]]
-        metrics["bleu"].update(preds, refs)
-        for k, values in self.attributes.items():
-            _update(metrics[f"{k}_acc"], attribute_hits(preds, refs, values))
+        self._score(preds, refs, metrics)
+        if self.constant is not None:
+            self._score([self.constant] * len(refs), refs, metrics, prefix="const_")
         return loss, self.loss_weight(batch)
 
 
-def make_task(task: str, num_labels: int, dataset: Mapping[str, Any] | None = None, tokenizer: Any = None) -> Task:
+def make_task(task: str, num_labels: int, dataset: Mapping[str, Any] | None = None, tokenizer: Any = None,
+              examples: Mapping[str, Any] | None = None) -> Task:
     """The task of a run; ``dataset`` (the run's view, data/sft.py) and ``tokenizer`` feed the
-    metrics that generate: a dataset read ``as_sft`` asks for generated-label accuracy."""
+    metrics that generate: a dataset read ``as_sft`` asks for generated-label accuracy. ``examples``
+    (the plan's read splits): image–text picks its constant-caption baseline from the train captions."""
     ds = dataset or {}
     if task == "classification":
         return Classification(num_labels)
     if task == "image_text":
-        return ImageText(tokenizer, int(ds.get("max_length", 16)), ds.get("attributes"))
+        train = (examples or {}).get("train")
+        const = constant_caption(list(train.columns["text"]), ds.get("attributes")) if train is not None else None
+        return ImageText(tokenizer, int(ds.get("max_length", 16)), ds.get("attributes"), const)
     sft = ds.get("as_sft")
     if sft and tokenizer is not None:
         return CausalLM(GeneratedLabels(tokenizer, ds["label_names"], int(sft.get("max_new_tokens") or 8)))

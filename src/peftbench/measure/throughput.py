@@ -59,15 +59,19 @@ class ThroughputCallback(L.Callback):
     def __init__(self, warmup_steps: int = 2) -> None:
         self.warmup_steps = warmup_steps
         self.step_times: list[float] = []
+        self.step_cpu_times: list[float] = []  # process CPU seconds: less sensitive than wall time to other jobs
         self._device: torch.device | None = None
         self._steps_seen = 0
         self._step_start: float | None = None
+        self._cpu_start = 0.0
         self._last_global_step = 0
         self._pending_samples = 0
         self._pending_tokens = 0
         self._pending_useful: torch.Tensor | None = None
+        self._pending_pairs = 0
         self._samples = 0
         self._tokens = 0
+        self._pairs = 0  # Σ rows × padded length²: what dense attention's QKᵀ and AV scale with
         self._has_tokens = False
         self._useful: torch.Tensor | None = None
         self._has_mask = False
@@ -86,6 +90,7 @@ class ThroughputCallback(L.Callback):
         if self._step_start is None:
             _sync(self._device)
             self._step_start = time.perf_counter()
+            self._cpu_start = time.process_time()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -95,6 +100,7 @@ class ThroughputCallback(L.Callback):
             ids = batch.get("input_ids")
             if isinstance(ids, torch.Tensor):
                 self._pending_tokens += ids.numel()
+                self._pending_pairs += ids.numel() * (ids.shape[-1] if ids.ndim > 1 else 1)
                 self._has_tokens = True
             mask = batch.get("attention_mask")
             if isinstance(mask, torch.Tensor):
@@ -106,16 +112,19 @@ class ThroughputCallback(L.Callback):
         self._last_global_step = trainer.global_step
         _sync(self._device)
         elapsed = time.perf_counter() - (self._step_start or time.perf_counter())
+        cpu = time.process_time() - self._cpu_start
         self._step_start = None
         self._steps_seen += 1
         if self._steps_seen > self.warmup_steps:
             self.step_times.append(elapsed)
+            self.step_cpu_times.append(cpu)
             self._samples += self._pending_samples
             self._tokens += self._pending_tokens
+            self._pairs += self._pending_pairs
             if self._pending_useful is not None:
                 prev = self._useful
                 self._useful = self._pending_useful if prev is None else prev + self._pending_useful
-        self._pending_samples = self._pending_tokens = 0
+        self._pending_samples = self._pending_tokens = self._pending_pairs = 0
         self._pending_useful = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -126,7 +135,7 @@ class ThroughputCallback(L.Callback):
             return
         device = trainer.strategy.root_device
         sums = torch.tensor(
-            [local["samples"], local["tokens"], local["useful"]], dtype=torch.float64, device=device
+            [local["samples"], local["tokens"], local["useful"], local["pairs"]], dtype=torch.float64, device=device
         )
         sums = trainer.strategy.reduce(sums, reduce_op="sum")
         t = torch.tensor([local["time"]], dtype=torch.float64, device=device)
@@ -135,6 +144,7 @@ class ThroughputCallback(L.Callback):
             "samples": float(sums[0]),
             "tokens": float(sums[1]),
             "useful": float(sums[2]),
+            "pairs": float(sums[3]),
             "time": float(t[0]),
         }
 
@@ -144,6 +154,7 @@ class ThroughputCallback(L.Callback):
             "samples": float(self._samples),
             "tokens": float(self._tokens),
             "useful": useful,
+            "pairs": float(self._pairs),
             "time": float(sum(self.step_times)),
         }
 
@@ -221,6 +232,12 @@ class ThroughputCallback(L.Callback):
             "step_time_median_s": statistics.median(self.step_times) if self.step_times else None,
             "step_time_p90_s": _percentile(self.step_times, 0.9) if self.step_times else None,
             "steps_measured": len(self.step_times),
+            # the timed steps' totals, so a FLOP count per run can be made from the record alone
+            "train_time_s": t if has_time else None,
+            "train_cpu_s": sum(self.step_cpu_times) if has_time else None,  # this process (rank), all threads
+            "train_tokens": g["tokens"] if self._has_tokens else None,
+            "train_useful_tokens": g["useful"] if self._has_mask else None,
+            "train_attn_pairs": g["pairs"] if self._has_tokens else None,
             "warmup_steps": self.warmup_steps,
         }
         all_eval: list[float] = []

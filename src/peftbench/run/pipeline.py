@@ -135,7 +135,7 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
     from peftbench.run.budget import memory_cap
     from peftbench.run.trainer import make_trainer
 
-    task = make_task(plan.task, plan.num_labels, plan.dataset, adapted.tokenizer)  # the dataset may ask for generation
+    task = make_task(plan.task, plan.num_labels, plan.dataset, adapted.tokenizer, plan.examples)  # the dataset may ask for generation
     lit = PeftLitModule(adapted.model, task, plan.optim,
                         step_hook=plan.method.on_train_step_end)
     strategy, loggers, callbacks = runtime
