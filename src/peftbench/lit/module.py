@@ -92,9 +92,24 @@ class PeftLitModule(L.LightningModule):
             m.reset()
         loss_metric.reset()
         self.log_dict(out, sync_dist=False)  # torchmetrics already synchronised the states
-        if self._rows:
-            self.examples[prefix] = gather_rows(self._rows)
+        rows = gather_rows(self._rows)  # on every rank, even one without rows: a collective under DDP
+        if rows is not None:
+            self.examples[prefix] = rows
         self._rows = []
+
+    def _fresh(self, metrics, loss_metric) -> None:
+        """Metric states re-made in this evaluation's grad mode: a state reset inside an earlier
+        ``trainer.validate`` (inference mode, e.g. ``measure.before``) is an inference tensor that a
+        validation during fit (no_grad, the convergence curve) may not update in place."""
+        for m in [*metrics.values(), loss_metric]:
+            m.reset()
+        self._rows = []
+
+    def on_validation_epoch_start(self):
+        self._fresh(self.val_metrics, self.val_loss)
+
+    def on_test_epoch_start(self):
+        self._fresh(self.test_metrics, self.test_loss)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_metrics, self.val_loss)
@@ -118,22 +133,26 @@ class PeftLitModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
 
 
-def gather_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, list]:
+def gather_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, list] | None:
     """Per-example columns of every rank, one row per id (a DistributedSampler pads the last
-    ranks with repeated rows), sorted by id; every rank must call it (a collective under DDP)."""
+    ranks with repeated rows), sorted by id; None when no rank kept any. Every rank must call it
+    (a collective under DDP)."""
     import torch.distributed as dist
 
-    local = {k: torch.cat([r[k].reshape(-1).cpu() for r in rows]).tolist() for k in rows[0]}
+    local = {k: torch.cat([r[k].reshape(-1).cpu() for r in rows]).tolist() for k in rows[0]} if rows else None
     parts = [local]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts = [None] * dist.get_world_size()
         dist.all_gather_object(parts, local)
-    seen: dict[int, int] = {}
-    merged: dict[str, list] = {k: [] for k in local}
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    seen: set[int] = set()
+    merged: dict[str, list] = {k: [] for k in parts[0]}
     for part in parts:
         for i, rid in enumerate(part["ids"]):
             if rid not in seen:
-                seen[rid] = len(merged["ids"])
+                seen.add(rid)
                 for k, col in merged.items():
                     col.append(part[k][i])
     order = sorted(range(len(merged["ids"])), key=merged["ids"].__getitem__)

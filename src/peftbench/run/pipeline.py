@@ -181,13 +181,14 @@ def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "") -> dict[str, flo
     """Validation (and test) metrics; ``measure.before`` scores the untrained model the same way
     before fit (keys ``val/acc_before`` …): the baseline of the run's own starting point. Batches
     carry their row ids: the module keeps every example's record (``lit.examples``)."""
-    from peftbench.run.predictions import eval_loader
+    from peftbench.run.predictions import eval_loader, eval_shard
 
     metrics: dict[str, float] = {}
-    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader()), verbose=False):
+    shard = eval_shard(trainer)  # under DDP: each example scored once, in the metrics too
+    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), shard=shard), verbose=False):
         metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     if "test" in dm.splits:
-        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader()), verbose=False):
+        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader(), shard=shard), verbose=False):
             metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     return metrics
 

@@ -48,19 +48,37 @@ class WithRowIds:
         return batch
 
 
+def eval_shard(trainer: Any) -> tuple[int, int] | None:
+    """(rank, world size) when each DDP rank may score its own share of the split, unpadded: DDP's
+    evaluation forward (no grad) syncs nothing per batch, so ranks may run one batch more or less.
+    Not FSDP/DeepSpeed (every forward gathers weights): Lightning's padded sampler stays, and a
+    few rows are scored twice in the metrics (the predictions file keeps each row once)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if trainer.world_size > 1 and isinstance(trainer.strategy, DDPStrategy):
+        return int(trainer.global_rank), int(trainer.world_size)
+    return None
+
+
 def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, row_ids: bool = True,
-                generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+                generator: torch.Generator | None = None, shard: tuple[int, int] | None = None) -> torch.utils.data.DataLoader:
     """The same evaluation loader (batch size, collation, workers, order), its batches carrying row
     ids unless ``row_ids=False``; ``limit``: only the split's first rows. ``generator`` replaces the
-    loader's: an iterator over a loader without one draws its base seed from the global RNG."""
+    loader's: an iterator over a loader without one draws its base seed from the global RNG.
+    ``shard`` (rank, world): this rank's rows, every row on exactly one rank (eval_shard)."""
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
     if row_ids:
         data, collate = IndexedRows(loader.dataset, limit), WithRowIds(loader.collate_fn)
     else:
         n = len(loader.dataset) if limit is None else min(int(limit), len(loader.dataset))
         data, collate = torch.utils.data.Subset(loader.dataset, range(n)), loader.collate_fn
+    sampler = None
+    if shard is not None and len(data) >= shard[1]:  # every rank needs a batch (DDP's first eval forward syncs buffers)
+        sampler = UnrepeatedDistributedSampler(data, num_replicas=shard[1], rank=shard[0], shuffle=False)
     return torch.utils.data.DataLoader(
-        data, batch_size=loader.batch_size, shuffle=False, collate_fn=collate, num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+        data, batch_size=loader.batch_size, shuffle=False, sampler=sampler, collate_fn=collate,
+        num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
         generator=generator if generator is not None else loader.generator)
 
 
