@@ -33,7 +33,8 @@ def test_classification_run_records_predictions_baseline_and_curves(compose_run,
     from peftbench.config.plan import make_plan
     from peftbench.train import train
 
-    cfg = compose_run(*CLS, "measure.curve_points=3", "measure.curve_max_examples=24")
+    # measure.before: a validate (inference mode) before fit, then the curve's validations in fit (no_grad)
+    cfg = compose_run(*CLS, "measure.curve_points=3", "measure.curve_max_examples=24", "measure.before=true")
     labels = make_plan(copy.deepcopy(cfg)).examples["validation"].columns["label"]  # read independently
     rec = train(cfg)
     assert rec["status"] == "ok", rec["error"]
@@ -52,6 +53,7 @@ def test_classification_run_records_predictions_baseline_and_curves(compose_run,
     assert [s for s, _ in curves["train_loss"]] == list(range(1, STEPS + 1))  # ≤ 50 steps: one point each
     assert all(v > 0 for _, v in curves["train_loss"])
     assert results.read(Path(rec["config"]["paths"]["output_dir"]) / "results.json")["eval"] == rec["eval"]
+    assert "val/acc_before" in rec["metrics"]  # the final file is the trained model's, not the before one's
 
 
 def test_curves_change_neither_training_nor_final_metrics(compose_run, data_dir):
@@ -106,6 +108,18 @@ def test_causal_lm_rows_weigh_back_to_the_models_loss():
     assert cols["ids"] == [7, 8] and cols["tokens"] == [int((shifted[0] != -100).sum()), 5]
     total = sum(l * t for l, t in zip(cols["loss"], cols["tokens"])) / sum(cols["tokens"])
     assert total == pytest.approx(float(loss), rel=1e-5) and task.headline == "loss"
+
+
+def test_generated_answers_land_on_their_rows():
+    """A classification set read as SFT: per row correct / gold / predicted label (-1: none); a row
+    cut before its answer gets none, and the headline is the generated-label accuracy."""
+    from peftbench.lit.generation import GeneratedLabels
+    from peftbench.lit.tasks import CausalLM
+
+    labels = torch.tensor([[-100, -100, 7, 8], [-100] * 4, [-100, 9, 3, -100]])
+    cols = CausalLM._answer_rows({"labels": labels}, gold=[1, 0], pred=[1, None], hit=torch.tensor([1.0, 0.0]))
+    assert {k: v.tolist() for k, v in cols.items()} == {"correct": [1, -1, 0], "label": [1, -1, 0], "pred": [1, -1, -1]}
+    assert CausalLM(GeneratedLabels(None, ["a", "b"])).headline == "acc"
 
 
 def test_rows_gathered_once_each_and_sorted():
