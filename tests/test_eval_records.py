@@ -64,7 +64,9 @@ def test_curves_change_neither_training_nor_final_metrics(compose_run, data_dir)
     off = train(compose_run(*CLS, "measure.curve_points=0", "measure.predictions=false"))
     on = train(compose_run(*CLS, "measure.curve_points=2", "measure.curve_max_examples=8"))
     assert off["status"] == on["status"] == "ok", (off["error"], on["error"])
-    assert "curves" not in off and "eval" not in off and len(on["curves"]["val"]["points"]) == 2
+    assert "curves" not in off and len(on["curves"]["val"]["points"]) == 2
+    assert off["eval"]["val"]["predictions"] is None and off["eval"]["val"]["n"] == on["eval"]["val"]["n"] == VAL
+    assert not (Path(off["config"]["paths"]["output_dir"]) / "predictions").exists()
     for k in ("val/acc", "val/loss", "val/f1"):
         assert on["metrics"][k] == off["metrics"][k], k
     assert on["params"]["stored_bytes"] == off["params"]["stored_bytes"]

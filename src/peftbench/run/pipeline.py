@@ -154,7 +154,7 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
         trainer.fit(lit, train_dataloaders=parts.train_loader, val_dataloaders=parts.val_loader, ckpt_path=parts.ckpt_path)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics.update(evaluate(trainer, lit, dm))
+    metrics.update(evaluate(trainer, lit, dm, row_ids=True))
     timings["eval_s"] = time.perf_counter() - t
     bad = sorted(k for k, v in metrics.items() if k.endswith("/loss") and not math.isfinite(v))
     if bad:  # the weights themselves went non-finite: not a result, whatever the other metrics say
@@ -177,18 +177,19 @@ def curve_loader(plan: Plan, dm: Any) -> Any:
     return eval_loader(dm.val_dataloader(), limit=int(m.curve_max_examples), row_ids=False, generator=torch.Generator())
 
 
-def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "") -> dict[str, float]:
+def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "", row_ids: bool = False) -> dict[str, float]:
     """Validation (and test) metrics; ``measure.before`` scores the untrained model the same way
-    before fit (keys ``val/acc_before`` …): the baseline of the run's own starting point. Batches
-    carry their row ids: the module keeps every example's record (``lit.examples``)."""
+    before fit (keys ``val/acc_before`` …): the baseline of the run's own starting point. With
+    ``row_ids``, the module keeps every example's record (``lit.examples``)."""
     from peftbench.run.predictions import eval_loader, eval_shard
 
     metrics: dict[str, float] = {}
     shard = eval_shard(trainer)  # under DDP: each example scored once, in the metrics too
-    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), shard=shard), verbose=False):
+    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), row_ids=row_ids, shard=shard), verbose=False):
         metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     if "test" in dm.splits:
-        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader(), shard=shard), verbose=False):
+        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader(), row_ids=row_ids, shard=shard),
+                              verbose=False):
             metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     return metrics
 
@@ -259,8 +260,9 @@ def eval_records(plan: Plan, fitted: Fitted) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     lit = fitted.lit
-    if plan.cfg.measure.get("predictions", True) and lit.examples:
-        out["eval"] = write_predictions(plan.out, lit.examples, lit.task.headline)
+    if lit.examples:  # measure.predictions=false: the section without the per-example files
+        out["eval"] = write_predictions(plan.out, lit.examples, lit.task.headline,
+                                        files=bool(plan.cfg.measure.get("predictions", True)))
     if fitted.parts.curves is not None:
         out["curves"] = fitted.parts.curves.curves()
     return out

@@ -104,18 +104,21 @@ def majority(labels: list[int]) -> tuple[float | None, int | None]:
     return count / len(labels), int(label)
 
 
-def write_predictions(out: Path, examples: dict[str, dict[str, list]], headline: str) -> dict[str, Any]:
-    """``predictions/<split>.json.gz`` for each evaluated split and the record's ``eval`` section."""
+def write_predictions(out: Path, examples: dict[str, dict[str, list]], headline: str,
+                      files: bool = True) -> dict[str, Any]:
+    """``predictions/<split>.json.gz`` for each evaluated split (unless ``files=False``) and the
+    record's ``eval`` section."""
     section: dict[str, Any] = {}
     for split, columns in sorted(examples.items()):
         cols = {k: _compact(v) for k, v in scored_rows(columns).items()}
-        rel = f"predictions/{split}.json.gz"
-        path = Path(out) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8") as f:
-            json.dump(cols, f, separators=(",", ":"))
-        tmp.replace(path)
+        rel = f"predictions/{split}.json.gz" if files else None
+        if rel is not None:
+            path = Path(out) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            with gzip.open(tmp, "wt", encoding="utf-8") as f:
+                json.dump(cols, f, separators=(",", ":"))
+            tmp.replace(path)
         rate, label = majority(cols["label"]) if "label" in cols else (None, None)
         section[split] = {"n": len(cols["ids"]), "majority_rate": rate, "majority_label": label,
                           "metric": f"{split}/{headline}", "predictions": rel}
