@@ -99,9 +99,11 @@ def _update(metric: torchmetrics.Metric, values: torch.Tensor) -> None:
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the mean cross-entropy over the unmasked labels (0 where there are none) and their
     count; ``logits[:, t]`` predicts ``labels[:, t]`` (shift before calling for a causal LM)."""
-    ce = nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    # one row at a time: a float32 copy of a whole batch's logits can outgrow the model (long rows × vocab)
+    total = torch.stack([nn.functional.cross_entropy(lg.float(), lb, ignore_index=IGNORE, reduction="sum")
+                         for lg, lb in zip(logits, labels)])
     tokens = (labels != IGNORE).sum(1)
-    return ce.sum(1) / tokens.clamp(min=1), tokens
+    return total / tokens.clamp(min=1), tokens
 
 
 class CausalLM(Task):
