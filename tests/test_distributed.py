@@ -20,10 +20,11 @@ pytestmark = pytest.mark.distributed
 BIN = Path(sys.executable).parent
 TRAIN = str(BIN / "peftbench-train")
 BS = 8
+VAL = 31  # odd: a padded DistributedSampler would score one row twice
 DDP = ["model=bert", "model_size=tiny", "dataset=sst2", "strategy=ddp", "trainer.devices=2",
-       "trainer.accelerator=cpu", "trainer.max_steps=6", "dataset.train_limit=96", "dataset.val_limit=32",
+       "trainer.accelerator=cpu", "trainer.max_steps=6", "dataset.train_limit=96", f"dataset.val_limit={VAL}",
        f"data.batch_size={BS}", "measure.inference_overhead=false", "logger=none",
-       "trainer.enable_progress_bar=false"]
+       "trainer.enable_progress_bar=false", "measure.curve_points=3", "measure.curve_max_examples=9"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -34,6 +35,20 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                        stdin=subprocess.DEVNULL)
     assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     return p
+
+
+def _check_eval_records(rec: dict) -> None:
+    """Every validation row scored exactly once over both ranks, in the predictions file and in
+    the metric; the curve measured at the 3 requested steps."""
+    import gzip
+
+    out = Path(rec["config"]["paths"]["output_dir"])
+    p = json.loads(gzip.decompress((out / rec["eval"]["val"]["predictions"]).read_bytes()))
+    assert p["ids"] == list(range(VAL)) and rec["eval"]["val"]["n"] == VAL
+    acc = sum(a == b for a, b in zip(p["label"], p["pred"])) / VAL
+    assert abs(acc - rec["metrics"]["val/acc"]) < 1e-6, (acc, rec["metrics"]["val/acc"])
+    assert [s for s, _ in rec["curves"]["val"]["points"]] == [2, 4, 6] and rec["curves"]["val"]["subset"] == 9
+    assert [s for s, _ in rec["curves"]["train_loss"]] == list(range(1, 7))
 
 
 def _check(rec: dict, method: str) -> None:
@@ -48,6 +63,7 @@ def _check(rec: dict, method: str) -> None:
     # what one rank's batch size over its own step time gives
     per_rank = BS / s["step_time_median_s"]
     assert s["train_samples_per_s"] > 1.3 * per_rank, (s["train_samples_per_s"], per_rank)
+    _check_eval_records(rec)
 
 
 @pytest.mark.timeout(900)

@@ -69,7 +69,63 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
     for k, v in rec["params"].items():
         if k != "delta_rank" and v is not None and not isinstance(v, (int, float)):
             raise SchemaError(f"params.{k} is not a number")
+    if "eval" in rec:
+        _check_eval(rec["eval"])
+    if "curves" in rec:
+        _check_curves(rec["curves"])
     return rec
+
+
+EVAL_SPLITS = ("val", "test")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_eval(ev: Any) -> None:
+    """Optional ``eval``: per split, what the report's baselines and intervals read."""
+    if not isinstance(ev, dict):
+        raise SchemaError(f"key 'eval' has type {type(ev).__name__} (an object of splits)")
+    for split, e in ev.items():
+        where = f"eval.{split}"
+        if split not in EVAL_SPLITS:
+            raise SchemaError(f"{where}: unknown split (one of {EVAL_SPLITS})")
+        if not isinstance(e, dict):
+            raise SchemaError(f"{where} has type {type(e).__name__}")
+        for key, ok, what in (("n", _is_int, "an int"), ("metric", lambda v: isinstance(v, str), "a string"),
+                              ("majority_rate", lambda v: v is None or _is_number(v), "a number or null"),
+                              ("majority_label", lambda v: v is None or _is_int(v), "an int or null"),
+                              ("predictions", lambda v: v is None or isinstance(v, str), "a path or null")):
+            if key not in e:
+                raise SchemaError(f"missing key '{where}.{key}'")
+            if not ok(e[key]):
+                raise SchemaError(f"{where}.{key} is not {what}: {e[key]!r}")
+        if e["n"] < 0 or (e["majority_rate"] is not None and not 0 <= e["majority_rate"] <= 1):
+            raise SchemaError(f"{where}: n must be ≥ 0 and majority_rate within [0, 1]")
+
+
+def _check_points(points: Any, where: str) -> None:
+    if not isinstance(points, list) or not all(
+            isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_number(p[1]) for p in points):
+        raise SchemaError(f"{where} is not a list of [step, value] pairs")
+
+
+def _check_curves(cv: Any) -> None:
+    """Optional ``curves``: the validation metric on a capped subset and the train loss, by step."""
+    if not isinstance(cv, dict):
+        raise SchemaError(f"key 'curves' has type {type(cv).__name__}")
+    if "train_loss" in cv:
+        _check_points(cv["train_loss"], "curves.train_loss")
+    if "val" in cv:
+        v = cv["val"]
+        if not isinstance(v, dict) or not isinstance(v.get("metric"), str) or not _is_int(v.get("subset")):
+            raise SchemaError("curves.val needs 'metric' (a string), 'subset' (an int) and 'points'")
+        _check_points(v.get("points"), "curves.val.points")
 
 
 NOT_IDENTITY = ("paths", "hydra", "logger", "checkpoint", "callbacks")

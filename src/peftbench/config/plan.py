@@ -56,7 +56,7 @@ class Plan:
 
 POSITIVE_INTS = ("data.batch_size", "data.eval_batch_size", "dataset.max_length", "dataset.block_size",
                  "dataset.train_limit", "dataset.val_limit", "dataset.test_limit", "trainer.accumulate_grad_batches",
-                 "measure.finite_check_every", "data.effective_batch_size")
+                 "measure.finite_check_every", "data.effective_batch_size", "measure.curve_max_examples")
 
 
 def check_numbers(cfg: DictConfig) -> None:
@@ -73,7 +73,7 @@ def check_numbers(cfg: DictConfig) -> None:
         positive_int(opt(key), key)
     for key in ("trainer.max_steps", "trainer.max_epochs"):
         integer(opt(key), key, minimum=1, allow=(-1,))
-    for key in ("data.num_workers", "measure.warmup_steps"):
+    for key in ("data.num_workers", "measure.warmup_steps", "measure.curve_points"):
         integer(opt(key), key, minimum=0)
     one_of(opt("optim.name"), "optim.name", OPTIMIZERS)
     one_of(opt("optim.scheduler") or "constant", "optim.scheduler", SCHEDULES)  # null: a constant rate

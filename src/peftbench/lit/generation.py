@@ -57,17 +57,22 @@ class GeneratedLabels:
     def __init__(self, tokenizer: Any, label_names: list[str], max_new_tokens: int = 8):
         self.tok, self.names, self.max_new_tokens = tokenizer, list(label_names), int(max_new_tokens)
 
-    def __call__(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def answers(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[list[int | None], list[int | None]]:
+        """(gold, predicted) label per row that has a response (None: no label named)."""
         tok = self.tok
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids, mask, responses = split_sft_rows(batch, pad)
         if not responses:
-            return torch.zeros(0), torch.zeros(0)
+            return [], []
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, do_sample=False,
                              pad_token_id=pad, eos_token_id=tok.eos_token_id)
         texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         gold = [parse_label(tok.decode(r, skip_special_tokens=True), self.names) for r in responses]
-        pred = [parse_label(t, self.names) for t in texts]
+        return gold, [parse_label(t, self.names) for t in texts]
+
+    def __call__(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(correct, valid) per row that has a response."""
+        gold, pred = self.answers(model, batch)
         return (torch.tensor([p is not None and p == g for p, g in zip(pred, gold)], dtype=torch.float),
                 torch.tensor([p is not None for p in pred], dtype=torch.float))
 

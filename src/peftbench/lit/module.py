@@ -17,6 +17,8 @@ from torch import nn
 from peftbench.lit.optim import lr_factor, make_optimizer
 from peftbench.lit.tasks import Task
 
+ROW_IDS = "row_ids"  # batch key of the eval rows' indices in their split (run/predictions.py adds it)
+
 
 class PeftLitModule(L.LightningModule):
     def __init__(self, model: nn.Module, task: Task, optim: dict[str, Any],
@@ -30,6 +32,10 @@ class PeftLitModule(L.LightningModule):
         self.test_metrics = task.metrics()
         self.val_loss = torchmetrics.MeanMetric()
         self.test_loss = torchmetrics.MeanMetric()
+        # per-example records of the last evaluation of each split ("val"/"test"): every rank's rows,
+        # once each, sorted by row id; only for batches that carry ROW_IDS
+        self.examples: dict[str, dict[str, list]] = {}
+        self._rows: list[dict[str, torch.Tensor]] = []
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -71,8 +77,12 @@ class PeftLitModule(L.LightningModule):
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_step(self, batch, metrics, loss_metric):
+        ids = batch.pop(ROW_IDS, None)  # never reaches the model
         loss, weight = self.task.evaluate(self.model, batch, metrics)
         loss_metric.update(loss.detach(), weight)
+        rows = self.task.pop_examples()
+        if ids is not None and rows:
+            self._rows.append({"ids": ids, **rows})
 
     def _eval_end(self, prefix, metrics, loss_metric):
         loss = loss_metric.compute()
@@ -82,6 +92,24 @@ class PeftLitModule(L.LightningModule):
             m.reset()
         loss_metric.reset()
         self.log_dict(out, sync_dist=False)  # torchmetrics already synchronised the states
+        rows = gather_rows(self._rows)  # on every rank, even one without rows: a collective under DDP
+        if rows is not None:
+            self.examples[prefix] = rows
+        self._rows = []
+
+    def _fresh(self, metrics, loss_metric) -> None:
+        """Metric states re-made in this evaluation's grad mode: a state reset inside an earlier
+        ``trainer.validate`` (inference mode, e.g. ``measure.before``) is an inference tensor that a
+        validation during fit (no_grad, the convergence curve) may not update in place."""
+        for m in [*metrics.values(), loss_metric]:
+            m.reset()
+        self._rows = []
+
+    def on_validation_epoch_start(self):
+        self._fresh(self.val_metrics, self.val_loss)
+
+    def on_test_epoch_start(self):
+        self._fresh(self.test_metrics, self.test_loss)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_metrics, self.val_loss)
@@ -103,3 +131,29 @@ class PeftLitModule(L.LightningModule):
         if factor is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+
+
+def gather_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, list] | None:
+    """Per-example columns of every rank, one row per id (a DistributedSampler pads the last
+    ranks with repeated rows), sorted by id; None when no rank kept any. Every rank must call it
+    (a collective under DDP)."""
+    import torch.distributed as dist
+
+    local = {k: torch.cat([r[k].reshape(-1).cpu() for r in rows]).tolist() for k in rows[0]} if rows else None
+    parts = [local]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    seen: set[int] = set()
+    merged: dict[str, list] = {k: [] for k in parts[0]}
+    for part in parts:
+        for i, rid in enumerate(part["ids"]):
+            if rid not in seen:
+                seen.add(rid)
+                for k, col in merged.items():
+                    col.append(part[k][i])
+    order = sorted(range(len(merged["ids"])), key=merged["ids"].__getitem__)
+    return {k: [v[i] for i in order] for k, v in merged.items()}

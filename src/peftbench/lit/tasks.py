@@ -1,8 +1,10 @@
 """Task = how a batch becomes loss, predictions and metrics. Method-agnostic.
 
 Everything task-specific the LightningModule needs lives here: the training loss, the batch's row
-count, how an evaluation batch updates the metrics and weighs the loss, and what follows from the
-mean loss (perplexity). The module itself names no task.
+count, how an evaluation batch updates the metrics and weighs the loss, what follows from the
+mean loss (perplexity), the headline metric, and what one evaluated example's record is (the
+per-example predictions the report pairs runs by: ``keep_examples`` in ``evaluate``). The module
+itself names no task.
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ from peftbench.lit.generation import (
 
 class Task(nn.Module):
     name = ""
+    headline = "loss"  # the metric a table shows first for this task (``<split>/<headline>``)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._examples: dict[str, torch.Tensor] | None = None
+
+    def keep_examples(self, **columns: torch.Tensor) -> None:
+        """Called by ``evaluate``: one value per row of the batch, per column (e.g. label, pred;
+        loss, tokens). Rows a column must leave out of the predictions file have ``tokens == 0``."""
+        self._examples = {k: v.detach() for k, v in columns.items()}
+
+    def pop_examples(self) -> dict[str, torch.Tensor] | None:
+        """The last evaluated batch's per-row records (None when the task keeps none), once."""
+        out, self._examples = self._examples, None
+        return out
 
     def metrics(self) -> nn.ModuleDict:
         raise NotImplementedError
@@ -48,10 +65,12 @@ class Task(nn.Module):
         return batch["labels"].numel()
 
     def evaluate(self, model: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict):
-        """One evaluation batch: update the metrics; returns (loss, its weight)."""
+        """One evaluation batch: update the metrics (and keep the rows' records); returns (loss, its weight)."""
         loss, preds, target = self.step(model, batch)
         for m in metrics.values():
             m.update(preds, target)
+        if preds.shape == target.shape:  # one prediction per row: what the paired tests need
+            self.keep_examples(label=target, pred=preds)
         return loss, self.loss_weight(batch)
 
     def from_loss(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -61,6 +80,7 @@ class Task(nn.Module):
 
 class Classification(Task):
     name = "classification"
+    headline = "acc"
 
     def __init__(self, num_labels: int):
         super().__init__()
@@ -83,6 +103,16 @@ def _update(metric: torchmetrics.Metric, values: torch.Tensor) -> None:
         metric.update(values)
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the mean cross-entropy over the unmasked labels (0 where there are none) and their
+    count; ``logits[:, t]`` predicts ``labels[:, t]`` (shift before calling for a causal LM)."""
+    # one row at a time: a float32 copy of a whole batch's logits can outgrow the model (long rows × vocab)
+    total = torch.stack([nn.functional.cross_entropy(lg.float(), lb, ignore_index=IGNORE, reduction="sum")
+                         for lg, lb in zip(logits, labels)])
+    tokens = (labels != IGNORE).sum(1)
+    return total / tokens.clamp(min=1), tokens
+
+
 class CausalLM(Task):
     """Loss over non-masked labels (response tokens for SFT, all tokens for pretraining). With
     ``generated`` (a classification set read as SFT), also the accuracy of generated labels."""
@@ -92,6 +122,7 @@ class CausalLM(Task):
     def __init__(self, generated: GeneratedLabels | None = None):
         super().__init__()
         self.generated = generated
+        self.headline = "acc" if generated is not None else "loss"
 
     def metrics(self) -> nn.ModuleDict:
         # update(correct, weight): the mean of per-token correctness = next-token accuracy
@@ -113,14 +144,33 @@ class CausalLM(Task):
         return (batch["labels"][:, 1:] != IGNORE).sum()  # the loss is over shifted, unmasked labels
 
     def evaluate(self, model, batch, metrics):
-        loss, correct, weight = self.step(model, batch)
-        metrics["token_acc"].update(correct, weight)
+        out = model(**batch)
+        logits, target = out.logits[:, :-1], batch["labels"][:, 1:]
+        keep = target != IGNORE
+        correct = (logits.argmax(-1) == target)[keep].float()
+        metrics["token_acc"].update(correct, torch.ones_like(correct))
+        row_loss, tokens = token_losses(logits, target)
+        rows = {"loss": row_loss, "tokens": tokens}
         if self.generated is not None:
-            hit, valid = self.generated(model, batch)
+            gold, pred = self.generated.answers(model, batch)
+            hit = torch.tensor([p is not None and p == g for p, g in zip(pred, gold)], dtype=torch.float)
             _update(metrics["acc"], hit)
-            _update(metrics["valid_label_rate"], valid)
+            _update(metrics["valid_label_rate"], torch.tensor([p is not None for p in pred], dtype=torch.float))
             metrics["n_generated"].update(float(hit.numel()))
-        return loss, self.loss_weight(batch)
+            rows.update(self._answer_rows(batch, gold, pred, hit))
+        self.keep_examples(**rows)
+        return out.loss, self.loss_weight(batch)
+
+    @staticmethod
+    def _answer_rows(batch, gold: list[int | None], pred: list[int | None], hit: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Generated answers back onto the batch's rows (rows cut before their answer got none: -1);
+        an unparsable answer is the label -1, so it never matches."""
+        has = (batch["labels"] != IGNORE).any(1).cpu()  # the rows split_sft_rows keeps, in order
+        cols = {k: torch.full((len(has),), -1, dtype=torch.long) for k in ("correct", "label", "pred")}
+        cols["correct"][has] = hit.long()
+        cols["label"][has] = torch.tensor([-1 if g is None else g for g in gold], dtype=torch.long)
+        cols["pred"][has] = torch.tensor([-1 if p is None else p for p in pred], dtype=torch.long)
+        return cols
 
     def from_loss(self, loss):
         return {"ppl": torch.exp(loss.clamp(max=50))}
@@ -135,6 +185,7 @@ class ImageText(Task):
     where it beats its constant twin."""
 
     name = "image_text"
+    headline = "bleu"
 
     def __init__(self, tokenizer: Any, max_new_tokens: int = 16, attributes: Mapping[str, list[str]] | None = None,
                  constant: str | None = None):
@@ -165,7 +216,10 @@ class ImageText(Task):
             _update(metrics[f"{prefix}all_attr_acc"], all_attribute_hits(preds, refs, self.attributes))
 
     def evaluate(self, model, batch, metrics):
-        loss = model(**batch).loss
+        out = model(**batch)
+        loss = out.loss
+        row_loss, tokens = token_losses(out.logits, batch["labels"])  # the decoder shifts internally
+        self.keep_examples(loss=row_loss, tokens=tokens)
         preds = captions(model, self.tok, batch["pixel_values"], self.max_new_tokens)
         refs = [self.tok.decode(r[r != IGNORE], skip_special_tokens=True).strip() for r in batch["labels"]]
         self._score(preds, refs, metrics)

@@ -140,7 +140,7 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
                         step_hook=plan.method.on_train_step_end)
     strategy, loggers, callbacks = runtime
     parts = make_trainer(plan, lit, dm.train_dataloader(), strategy, loggers, t_start=t_start,
-                         extra_callbacks=tuple(callbacks))
+                         extra_callbacks=tuple(callbacks), curve_loader=curve_loader(plan, dm))
     trainer = parts.trainer
     if trainer.world_size != plan.budget.world_size:  # the effective batch was planned for another world size
         raise ConfigError(f"Lightning launched {trainer.world_size} processes, the budget planned "
@@ -151,10 +151,10 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
     t = time.perf_counter()
     adapted.model.train()  # from_pretrained returns eval mode; dropout must be on while training
     with memory_cap(plan.budget.memory_limit_mb):  # PEFTBENCH_MEMORY_LIMIT_MB: a smaller machine, for real
-        trainer.fit(lit, train_dataloaders=parts.train_loader, ckpt_path=parts.ckpt_path)
+        trainer.fit(lit, train_dataloaders=parts.train_loader, val_dataloaders=parts.val_loader, ckpt_path=parts.ckpt_path)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics.update(evaluate(trainer, lit, dm))
+    metrics.update(evaluate(trainer, lit, dm, row_ids=True))
     timings["eval_s"] = time.perf_counter() - t
     bad = sorted(k for k, v in metrics.items() if k.endswith("/loss") and not math.isfinite(v))
     if bad:  # the weights themselves went non-finite: not a result, whatever the other metrics say
@@ -164,14 +164,32 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
     return Fitted(trainer, lit, parts, metrics)
 
 
-def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "") -> dict[str, float]:
+def curve_loader(plan: Plan, dm: Any) -> Any:
+    """``measure.curve_points`` > 0: the first ``curve_max_examples`` validation rows, with their own
+    RNG (iterating a loader without one draws from the global RNG, which would change training)."""
+    import torch
+
+    from peftbench.run.predictions import eval_loader
+
+    m = plan.cfg.measure
+    if not int(m.get("curve_points") or 0):
+        return None
+    return eval_loader(dm.val_dataloader(), limit=int(m.curve_max_examples), row_ids=False, generator=torch.Generator())
+
+
+def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "", row_ids: bool = False) -> dict[str, float]:
     """Validation (and test) metrics; ``measure.before`` scores the untrained model the same way
-    before fit (keys ``val/acc_before`` …): the baseline of the run's own starting point."""
+    before fit (keys ``val/acc_before`` …): the baseline of the run's own starting point. With
+    ``row_ids``, the module keeps every example's record (``lit.examples``)."""
+    from peftbench.run.predictions import eval_loader, eval_shard
+
     metrics: dict[str, float] = {}
-    for r in trainer.validate(lit, dataloaders=dm.val_dataloader(), verbose=False):
+    shard = eval_shard(trainer)  # under DDP: each example scored once, in the metrics too
+    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), row_ids=row_ids, shard=shard), verbose=False):
         metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     if "test" in dm.splits:
-        for r in trainer.test(lit, dataloaders=dm.test_dataloader(), verbose=False):
+        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader(), row_ids=row_ids, shard=shard),
+                              verbose=False):
             metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     return metrics
 
@@ -227,11 +245,27 @@ def record(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted, part: dict[str
         artifacts={"adapter_dir": str(plan.out / "adapter")},
         env={"world_size": fitted.trainer.world_size, "strategy": str(plan.strategy.get("name", "single"))},
     )
+    part.update(eval_records(plan, fitted))
     aliases = plan.cfg.get("metric_aliases") or {}  # a study's names for standard metrics
     part["metrics"].update({alias: part["metrics"][src] for alias, src in aliases.items() if src in part["metrics"]})
     if plan.cfg.get("save_model"):
         part["artifacts"]["model_dir"] = str(save_model(plan, adapted))
     return part  # checkpoints are removed by run.record.finish, once results.json is on disk
+
+
+def eval_records(plan: Plan, fitted: Fitted) -> dict[str, Any]:
+    """The record's ``eval`` (per split: n, majority baseline, headline metric, predictions file,
+    written here) and ``curves`` sections, where the run measured them."""
+    from peftbench.run.predictions import write_predictions
+
+    out: dict[str, Any] = {}
+    lit = fitted.lit
+    if lit.examples:  # measure.predictions=false: the section without the per-example files
+        out["eval"] = write_predictions(plan.out, lit.examples, lit.task.headline,
+                                        files=bool(plan.cfg.measure.get("predictions", True)))
+    if fitted.parts.curves is not None:
+        out["curves"] = fitted.parts.curves.curves()
+    return out
 
 
 def save_model(plan: Plan, adapted: Adapted) -> Any:

@@ -111,6 +111,9 @@ class TrainableCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and os.path.exists(tmp):
             os.replace(tmp, filepath)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Saves follow optimizer steps only: a convergence-curve validation during fit adds none."""
+
     # ---- loading -------------------------------------------------------------------------------
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_KEY, {})

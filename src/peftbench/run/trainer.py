@@ -58,12 +58,38 @@ class TrainerParts:
     checkpoint: Any          # None when checkpointing is off
     train_loader: Any        # the resumable wrapper fit() must be given
     ckpt_path: str | None    # where to resume from (None: fresh start)
+    curves: Any = None       # ConvergenceCurves when measure.curve_points > 0
+    val_loader: Any = None   # the capped subset fit() validates the curve on (None: no validation in fit)
+
+
+def planned_steps(cfg: DictConfig, train_loader: Any, accumulate: int, world_size: int) -> int:
+    """Optimizer steps the run will take: ``max_steps``, else epochs × this rank's batches."""
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    if max_steps > 0:
+        return max_steps
+    per_rank = -(-len(train_loader) // max(1, world_size))
+    return max(1, int(cfg.trainer.get("max_epochs") or 1) * -(-per_rank // max(1, accumulate)))
+
+
+def curve_settings(plan: Plan, lit: Any, train_loader: Any, curve_loader: Any) -> tuple[Any, dict[str, Any]]:
+    """The curve callback and the Trainer options that make Lightning validate the capped subset
+    every ceil(steps / curve_points) optimizer steps (at most curve_points times, the last at the end
+    when they divide evenly); no sanity check, no per-epoch validation."""
+    from peftbench.run.callbacks import ConvergenceCurves
+
+    budget = plan.budget
+    total = planned_steps(plan.cfg, train_loader, budget.accumulate_grad_batches, budget.world_size)
+    every = -(-total // int(plan.cfg.measure.curve_points))
+    cb = ConvergenceCurves(f"val/{lit.task.headline}", len(curve_loader.dataset))
+    return cb, {"val_check_interval": every * budget.accumulate_grad_batches, "check_val_every_n_epoch": None,
+                "num_sanity_val_steps": 0}
 
 
 def make_trainer(plan: Plan, lit: Any, train_loader: Any, strategy: Any, loggers: list[Any], t_start: float,
-                 extra_callbacks: tuple = ()) -> TrainerParts:
+                 extra_callbacks: tuple = (), curve_loader: Any = None) -> TrainerParts:
     """The Lightning Trainer of every run (callbacks, progress output, checkpoint/resume, precision,
-    accumulation from the plan's budget); ``peftbench bench`` times this same function as its path (b)."""
+    accumulation from the plan's budget); ``peftbench bench`` times this same function as its path (b).
+    ``curve_loader``: the capped validation subset the convergence curve is measured on."""
     import lightning as L
 
     from peftbench.measure import memory as mem
@@ -95,7 +121,12 @@ def make_trainer(plan: Plan, lit: Any, train_loader: Any, strategy: Any, loggers
         callbacks.append(ckpt_cb)
         lit.strict_loading = False  # checkpoints hold trainable tensors only; the base is reloaded
         ckpt_path = resume.resume_path(out, plan.run_id)
+    curves = None
+    if curve_loader is not None:
+        curves, curve_kw = curve_settings(plan, lit, train_loader, curve_loader)
+        callbacks.append(curves)
+        tkw.update(curve_kw)
     callbacks += list(extra_callbacks)  # the user's (conf/callbacks, from pipeline.prepare), the bench's
     trainer = L.Trainer(default_root_dir=str(out), logger=loggers or False, callbacks=callbacks,
                         strategy=strategy, enable_checkpointing=ckpt_cb is not None, **tkw)
-    return TrainerParts(trainer, memcb, thr, first, ckpt_cb, loader, ckpt_path)
+    return TrainerParts(trainer, memcb, thr, first, ckpt_cb, loader, ckpt_path, curves, curve_loader)
