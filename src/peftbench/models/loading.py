@@ -217,9 +217,10 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
         source = str(_gguf_to_safetensors(spec))
     else:
         source = str(spec.local_dir or spec.checkpoint)
-    extra = {"num_labels": num_labels} if task == "classification" else {}
+    extra = {"num_labels": num_labels, "output_loading_info": True} if task == "classification" else {}
     try:
         model = auto.from_pretrained(source, **extra, **kw)
+        model, info = model if isinstance(model, tuple) else (model, {})
     except OSError as e:
         raise ConfigError(
             f"could not load '{source}' ({str(e).splitlines()[0]}). Offline? use a local copy "
@@ -229,7 +230,17 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
         model.config.pad_token_id = pad
     if task == "image_text" and tokenizer is not None:
         vision_text.set_token_ids(model, tokenizer)
-    return _with_head(model, spec, task, head_seed)
+    # A checkpoint that carries a trained head (a base stage's model, a fine-tuned classifier) keeps it;
+    # a new head (a hub encoder, a from-config model's random one) is drawn from head_seed.
+    fresh = spec.from_config or _head_missing(spec, task, info.get("missing_keys") or [])
+    return _with_head(model, spec, task, head_seed if fresh else None)
+
+
+def _head_missing(spec: ModelSpec, task: str, missing: Any) -> bool:
+    """Is the head's output layer (``<head>.weight``, or ``<head>.out_proj.weight`` of a two-layer
+    HF head such as RoBERTa's) absent from the checkpoint?"""
+    heads = spec.head_modules.get(task) or []
+    return any(f"{h}.weight" in missing or f"{h}.out_proj.weight" in missing for h in heads)
 
 
 def _gguf_to_safetensors(spec: ModelSpec) -> Path:
