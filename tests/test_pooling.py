@@ -199,7 +199,7 @@ def test_mean_pooling_under_peft_methods(name):
 @pytest.mark.parametrize("family", ["minilm", "mpnet"])
 def test_a_checkpoint_with_a_trained_head_keeps_it(family, tmp_path):
     """A base stage's saved classifier (model.path) loads with its head; a new head comes from head_seed."""
-    spec, tok, model = _load(family, head_seed=3)
+    _, tok, model = _load(family, head_seed=3)
     with torch.no_grad():
         _linear(model).weight.add_(1.0)  # "trained"
     model.save_pretrained(str(tmp_path / "saved"))
