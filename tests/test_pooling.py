@@ -124,6 +124,9 @@ def test_every_method_starts_from_the_same_head_and_trains_it():
         weights = [p for n, p in head.items() if n.endswith("weight")]
         assert weights and all(p.requires_grad for p in head.values()), name
         assert all(torch.equal(w.detach(), ref) for w in weights), name
+        # and the mean-pooled head is reached by the loss under every method (prompts, prefixes, adapters)
+        model(**_batch(tok), labels=torch.tensor([0, 2])).loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.values()), name
         seen += 1
     assert seen >= 15
 
