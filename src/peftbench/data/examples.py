@@ -59,11 +59,61 @@ def _warn_degenerate(train: SplitExamples, src: str) -> None:
 
 
 def _subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """A uniform sample of ``limit`` row indices out of ``n`` (in file order), seeded by ``seed``."""
     idx = list(range(n))
     if limit is not None and limit < n:
         random.Random(seed).shuffle(idx)
         idx = sorted(idx[:limit])
     return idx
+
+
+def stratified_subset(labels: list[Any], limit: int | None, seed: Any) -> list[int]:
+    """``limit`` row indices (in file order) drawn so each label keeps its share of the whole file.
+
+    Each class gets ``limit × n_class / n`` rows, rounded by largest remainder (ties to the larger
+    class, then the label), drawn at random within the class. A file sorted by class (THUCNews'
+    test.txt) so yields every class in proportion, not the classes its first rows happen to hold.
+    ``seed`` must come from the dataset config, never the run seed: every method and seed of one
+    dataset config then scores the very same examples, and runs can be paired example by example.
+    """
+    n = len(labels)
+    if limit is None or limit >= n:
+        return list(range(n))
+    by_class: dict[str, list[int]] = {}
+    for i, v in enumerate(labels):
+        by_class.setdefault(str(v).strip(), []).append(i)
+    share = {c: limit * len(ix) / n for c, ix in by_class.items()}
+    take = {c: int(s) for c, s in share.items()}
+    order = sorted(by_class, key=lambda c: (-(share[c] - take[c]), -len(by_class[c]), c))
+    for c in order[: limit - sum(take.values())]:
+        take[c] += 1
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for c in sorted(by_class):  # a fixed class order: the draw does not depend on the file's order of classes
+        keep += rng.sample(by_class[c], take[c])
+    return sorted(keep)
+
+
+def eval_seed(ds: Mapping[str, Any], split: str) -> str:
+    """The seed of a dataset's limited split: its name, the split and ``subset_seed`` (dataset config
+    only, so the sample is the same for every method and run seed)."""
+    name = str(ds.get("name"))
+    if ds.get("source_task") and name.endswith("_sft"):  # a classification set read as SFT: the same file, the same rows
+        name = name[: -len("_sft")]
+    return f"{name}:{split}:{int(ds.get('subset_seed', 0))}"
+
+
+def _keep(ds: Mapping[str, Any], split: str, rows: list[dict[str, Any]], loc: Mapping[str, Any], src: str) -> list[int]:
+    """Which rows a split keeps under its limit: training a uniform sample (``subset_seed``); a
+    held-out classification split a stratified one (``stratified_subset``), so a limited evaluation
+    set has the file's class balance."""
+    limit = ds.get(f"{split}_limit") if split != "validation" else ds.get("val_limit")
+    if limit is None or limit >= len(rows):
+        return list(range(len(rows)))
+    if split != "train" and ds["task"] == "classification":
+        labels = column(rows, loc.get("label", "label"), src, "dataset.local.label")
+        return stratified_subset(labels, limit, eval_seed(ds, split))
+    return _subset(len(rows), limit, int(ds.get("subset_seed", 0)))
 
 
 def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> SplitExamples:
@@ -80,9 +130,7 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
         loc = {**loc, **(ds.get("hub") or {}).get("columns", {})}
     if not rows:
         raise DataError(f"{src}: no rows", option=f"dataset.local.files.{split}")
-    limit = ds.get(f"{split}_limit") if split != "validation" else ds.get("val_limit")
-    keep = _subset(len(rows), limit, int(ds.get("subset_seed", 0)))
-    rows = [rows[i] for i in keep]
+    rows = [rows[i] for i in _keep(ds, split, rows, loc, src)]
     out = SplitExamples(split, src)
     if task == "classification":
         out.columns["text"] = [str(x) for x in column(rows, loc.get("text", "text"), src, "dataset.local.text")]
@@ -145,6 +193,9 @@ def load_single(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitE
             cut = max(1, int(n * (1 - ds["val_fraction"])))
             seed = int(ds.get("subset_seed", 0))
             for name, lo, hi, limit in (("train", 0, cut, ds.get("train_limit")), ("validation", cut, n, ds.get("val_limit"))):
-                keep = [lo + i for i in _subset(hi - lo, limit, seed)]
+                if name == "validation" and "label" in tr.columns:  # held out: stratified, as a file's would be
+                    keep = [lo + i for i in stratified_subset(tr.columns["label"][lo:hi], limit, eval_seed(ds, name))]
+                else:
+                    keep = [lo + i for i in _subset(hi - lo, limit, seed)]
                 out[name] = SplitExamples(name, tr.source, {k: [v[i] for i in keep] for k, v in tr.columns.items()})
     return out

@@ -3,11 +3,18 @@
 A method is a dataclass of its hyper-parameters with one ``apply(model, ctx)``: it transforms a
 Hugging Face model in place (or wraps it) and leaves ``requires_grad`` set on exactly what trains.
 The LightningModule never names a method; it only asks the method to apply, save and load.
+
+Framework rule — the task head trains: on a classification task the head is new (models/heads.py),
+so every method trains it unless it declares otherwise (class attribute ``trains_head = False``, or
+a ``train_head`` hyper-parameter set false). Every subclass's ``apply`` is wrapped when the class is
+defined (``__init_subclass__``), so the rule holds wherever a method is applied — a run, ``params``,
+``load``, a test — and a plugin that never mentions the head still trains it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -39,6 +46,19 @@ class Method:
     # DDP: methods whose forward may skip trainable parameters need find_unused_parameters.
     ddp_find_unused: ClassVar[bool] = False
     supports_grad_checkpointing: ClassVar[bool] = True
+    # Classification: the (new) task head trains too — the framework rule above. False: the method
+    # decides alone what of the head trains (a per-run ``train_head`` field overrides this).
+    trains_head: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("apply")
+        if own is not None and not getattr(own, "_trains_head_rule", False):
+            cls.apply = _with_head_rule(own)  # type: ignore[method-assign]
+
+    def head_trains(self) -> bool:
+        """Does this configuration train the task head (classification)?"""
+        return bool(getattr(self, "train_head", type(self).trains_head))
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -128,6 +148,45 @@ class Method:
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
+
+
+def _with_head_rule(apply: Any) -> Any:
+    """``apply`` followed by the head rule (idempotent: a subclass calling ``super().apply`` is fine)."""
+
+    @functools.wraps(apply)
+    def wrapped(self: Method, model: nn.Module, ctx: ApplyContext) -> nn.Module:
+        out = apply(self, model, ctx)
+        if ctx.task == "classification" and self.head_trains():
+            train_head(out, ctx.head_modules)
+        return out
+
+    wrapped._trains_head_rule = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def head_parameters(model: nn.Module, heads: list[str]) -> dict[str, nn.Parameter]:
+    """The task head's parameters by name: the outermost modules named like ``heads`` (suffix match),
+    less peft's frozen ``original_module`` copy of a ``modules_to_save`` head (forward uses the copy)."""
+    found: dict[str, nn.Parameter] = {}
+    roots = [n for n in matching_modules(model, heads) if n]
+    roots = [r for r in roots if not any(r.startswith(o + ".") for o in roots)]
+    modules = dict(model.named_modules())
+    for r in roots:
+        for n, p in modules[r].named_parameters(prefix=r):
+            if ".original_module." not in n:
+                found[n] = p
+    return found
+
+
+def train_head(model: nn.Module, heads: list[str]) -> int:
+    """Make the task head trainable unless some of it already trains (the method, e.g. peft's
+    ``modules_to_save``, chose what); returns the number of scalars unfrozen."""
+    params = head_parameters(model, heads)
+    if not params or any(p.requires_grad for p in params.values()):
+        return 0
+    for p in params.values():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in params.values())
 
 
 def _check_type(value: Any, annotation: Any, option: str) -> None:

@@ -35,6 +35,8 @@ class ApplyContext:
     # Qualified module names of the task model, read off a meta-device build: lets methods refuse
     # targets that match nothing before any weight is loaded.
     module_names: list[str] = field(default_factory=list)
+    # What the classification head reads (models/heads.py): cls_pooler | cls | mean | last_token.
+    pooling: str | None = None
 
     @property
     def peft_task_type(self) -> str | None:

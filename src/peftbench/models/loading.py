@@ -13,6 +13,7 @@ from peftbench.config.paths import cache_dir
 from peftbench.errors import ConfigError
 from peftbench.models import vision_text
 from peftbench.models.context import ApplyContext
+from peftbench.models.heads import install_head
 from peftbench.models.spec import AUTO_CLASSES, ModelSpec, resolve_path
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,15 @@ def meta_model(spec: ModelSpec, task: str, num_labels: int = 2):
 
     cfg = hf_config(spec, task, num_labels, pad_token_id=0)
     with torch.device("meta"):
-        return _auto_class(task).from_config(cfg)
+        return _with_head(_auto_class(task).from_config(cfg), spec, task, None)
+
+
+def _with_head(model: Any, spec: ModelSpec, task: str, head_seed: int | None):
+    """The family's classification head (models/heads.py); other tasks keep the model as built."""
+    heads = spec.head_modules.get(task) or []
+    if task != "classification" or spec.pooling is None or not heads:
+        return model
+    return install_head(model, spec.pooling, heads[0], head_seed)
 
 
 def usable_positions(cfg: Any, after_padding: bool = False) -> int:
@@ -168,6 +177,7 @@ def build_context(spec: ModelSpec, task: str, num_labels: int = 2, module_names:
         layers_path=spec.layers_path.get(task, ""),
         hf_config=cfg,
         module_names=module_names,
+        pooling=spec.pooling if task == "classification" else None,
     )
 
 
@@ -177,9 +187,11 @@ def _tiny_dir(spec: ModelSpec, task: str, num_labels: int, vocab: int, pad: int 
 
 
 def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwargs: dict[str, Any] | None = None,
-               init_seed: int = 0, attn_implementation: str | None = None):
+               init_seed: int = 0, attn_implementation: str | None = None, head_seed: int = 0):
     """Load the task model. Tiny/from-config models are initialised with ``init_seed``, saved once,
-    then loaded with ``from_pretrained`` like any checkpoint (so 4-bit loading works on them too)."""
+    then loaded with ``from_pretrained`` like any checkpoint (so 4-bit loading works on them too).
+    A classification model gets the family's head (models/heads.py), drawn from ``head_seed`` alone:
+    the run seed, never the method, so every method of a seed starts from the same head."""
     import torch
 
     _transformers()  # quiet, with peftbench's own model types registered
@@ -205,9 +217,10 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
         source = str(_gguf_to_safetensors(spec))
     else:
         source = str(spec.local_dir or spec.checkpoint)
-    extra = {"num_labels": num_labels} if task == "classification" else {}
+    extra = {"num_labels": num_labels, "output_loading_info": True} if task == "classification" else {}
     try:
         model = auto.from_pretrained(source, **extra, **kw)
+        model, info = model if isinstance(model, tuple) else (model, {})
     except OSError as e:
         raise ConfigError(
             f"could not load '{source}' ({str(e).splitlines()[0]}). Offline? use a local copy "
@@ -217,7 +230,17 @@ def load_model(spec: ModelSpec, task: str, num_labels: int, tokenizer, load_kwar
         model.config.pad_token_id = pad
     if task == "image_text" and tokenizer is not None:
         vision_text.set_token_ids(model, tokenizer)
-    return model
+    # A checkpoint that carries a trained head (a base stage's model, a fine-tuned classifier) keeps it;
+    # a new head (a hub encoder, a from-config model's random one) is drawn from head_seed.
+    fresh = spec.from_config or _head_missing(spec, task, info.get("missing_keys") or [])
+    return _with_head(model, spec, task, head_seed if fresh else None)
+
+
+def _head_missing(spec: ModelSpec, task: str, missing: Any) -> bool:
+    """Is the head's output layer (``<head>.weight``, or ``<head>.out_proj.weight`` of a two-layer
+    HF head such as RoBERTa's) absent from the checkpoint?"""
+    heads = spec.head_modules.get(task) or []
+    return any(f"{h}.weight" in missing or f"{h}.out_proj.weight" in missing for h in heads)
 
 
 def _gguf_to_safetensors(spec: ModelSpec) -> Path:

@@ -34,6 +34,9 @@ class ModelSpec:
     gguf_file: str | None = None
     trust_remote_code: bool = False
     tasks: tuple[str, ...] = ("classification", "causal_lm")
+    # What the classification head reads (models/heads.py): cls_pooler | cls | mean | last_token;
+    # None: no classification head, or an encoder left to its HF class (its pooler if it has one, else [CLS]).
+    pooling: str | None = None
 
     @property
     def source(self) -> str:
@@ -142,6 +145,7 @@ def resolve_spec(model_cfg: Mapping[str, Any], size: str) -> ModelSpec:
                               f"make it with: {s['make_with']}", option="model_size")
         raise ConfigError(f"size '{size}' of '{family}' has no checkpoint and no local copy", option="model_size")
     tok = mc.get("tokenizer_path") or s.get("tokenizer") or mc.get("tokenizer")
+    tasks = tuple(mc.get("tasks") or ("classification", "causal_lm"))
     return ModelSpec(
         family=family,
         size=size,
@@ -159,5 +163,20 @@ def resolve_spec(model_cfg: Mapping[str, Any], size: str) -> ModelSpec:
         positions_after_padding=bool(mc.get("positions_after_padding", False)),
         gguf_file=s.get("gguf_file"),
         trust_remote_code=bool(mc.get("trust_remote_code", False)),
-        tasks=tuple(mc.get("tasks") or ("classification", "causal_lm")),
+        tasks=tasks,
+        pooling=_pooling(mc, s, family, tasks),
     )
+
+
+def _pooling(mc: Mapping[str, Any], size: Mapping[str, Any], family: str, tasks: tuple[str, ...]) -> str | None:
+    """A size's ``pooling`` overrides its family's; a decoder family that says nothing reads its last token."""
+    from peftbench.models.heads import check_pooling
+
+    decoder = "causal_lm" in tasks
+    has_head = "classification" in tasks and bool((mc.get("head_modules") or {}).get("classification"))
+    pooling = size.get("pooling", mc.get("pooling"))
+    if pooling is None and (decoder or not has_head):
+        pooling = "last_token" if decoder and has_head else None
+    elif pooling is None:
+        return None  # an encoder that declares nothing keeps its HF head's reading
+    return check_pooling(pooling, family, decoder, has_head)

@@ -93,7 +93,8 @@ def load_and_adapt(plan: Plan, timings: dict[str, float]) -> Adapted:
     cfg, t = plan.cfg, time.perf_counter()
     tok = load_tokenizer(plan.spec)
     model = load_model(plan.spec, plan.task, plan.num_labels, tok, plan.method.load_kwargs(plan.ctx),
-                       init_seed=int(cfg.model.get("init_seed", 0)), attn_implementation=plan.knobs["attn_implementation"])
+                       init_seed=int(cfg.model.get("init_seed", 0)), attn_implementation=plan.knobs["attn_implementation"],
+                       head_seed=plan.seed)  # the head: from the run seed alone, the same for every method
     timings["load_model_s"] = time.perf_counter() - t
     base_names = pm.base_param_names(model)
     forget = ForgettingMeter(plan.forgetting, tok) if plan.forgetting is not None else None
