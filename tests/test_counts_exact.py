@@ -31,11 +31,47 @@ try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative i
     from tests import methods_cases as C
 except ImportError:  # pragma: no cover
     import methods_cases as C
+from peftbench.errors import ConfigError
 from peftbench.measure import params as pm
 from peftbench.methods.registry import available_methods, get_method
 
 h, L, I, V = C.H, C.LAYERS, C.INTER, C.VOCAB
 HEAD = h * C.LABELS + C.LABELS  # BERT classifier: 66
+KV_HEADS = 2  # the tiny llama: 4 query heads, 2 key/value heads (GQA) of h/4 = 8 → k/v width 16
+KV = h // 4 * KV_HEADS
+
+
+def build_llama(seed: int = 0):
+    """A Llama-shaped decoder (RMSNorm, SwiGLU FFN h → I, GQA, untied lm_head, no biases): its
+    parameter names (``model.layers…``) are the ones peft's prompt learning made ambiguous."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=h, num_hidden_layers=L, num_attention_heads=4,
+                      num_key_value_heads=KV_HEADS, intermediate_size=I, max_position_embeddings=C.MAXPOS,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def llama_ctx():
+    from peftbench.methods.base import ApplyContext
+
+    model = build_llama()
+    kw = C.family_facts("llama")
+    kw.update(task="causal_lm", head_modules=["lm_head"], layers_path="model.layers", num_layers=L, hidden_size=h,
+              num_heads=4, max_positions=C.MAXPOS, hf_config=model.config,
+              module_names=[n for n, _ in model.named_modules()], has_bias=False)
+    return ApplyContext(**kw)
+
+
+# family → (task, model type); bert and gpt2 come from tests/methods_cases.py
+FAMILIES = {"bert": "classification", "gpt2": "causal_lm", "llama": "causal_lm"}
+REFUSED = {  # (method, family) refused by design: checked to raise, not counted
+    ("loha", "gpt2"): "peft LyCORIS layers do not support GPT-2's Conv1D",
+    ("lokr", "gpt2"): "peft LyCORIS layers do not support GPT-2's Conv1D",
+    ("bitfit", "llama"): "Llama has no bias terms",
+    ("scaled_bias", "llama"): "its default targets (dense, c_proj, c_fc, c_attn) match no Llama module",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -47,16 +83,19 @@ def _one_thread():
 
 
 # ---- the shapes methods target: (in, out) of each matrix ---------------------------------------
-def attn_qv(task: str) -> list[tuple[int, int]]:
-    """The family's default LoRA targets: BERT query + value; GPT-2's fused c_attn (h → 3h)."""
-    return [(h, h), (h, h)] * L if task == "classification" else [(h, 3 * h)] * L
+def attn_qv(f: str) -> list[tuple[int, int]]:
+    """The family's default LoRA targets: BERT query + value; GPT-2's fused c_attn (h → 3h);
+    Llama q_proj (h → h) + v_proj (h → KV)."""
+    return {"bert": [(h, h), (h, h)], "gpt2": [(h, 3 * h)], "llama": [(h, h), (h, KV)]}[f] * L
 
 
-def all_linear(task: str) -> list[tuple[int, int]]:
+def all_linear(f: str) -> list[tuple[int, int]]:
     """peft's "all-linear": every Linear/Conv1D but the output head (BERT's pooler included)."""
-    if task == "classification":
+    if f == "bert":
         return [(h, h)] * 4 * L + [(h, I), (I, h)] * L + [(h, h)]
-    return [(h, 3 * h), (h, h), (h, 4 * h), (4 * h, h)] * L
+    if f == "gpt2":
+        return [(h, 3 * h), (h, h), (h, 4 * h), (4 * h, h)] * L
+    return [(h, h), (h, KV), (h, KV), (h, h), (h, I), (h, I), (I, h)] * L
 
 
 def lora_params(shapes, r: int) -> int:
@@ -67,8 +106,9 @@ def dense(shapes) -> int:
     return sum(i * o for i, o in shapes)
 
 
-def head(task: str) -> int:
-    return HEAD if task == "classification" else 0
+def head(f: str) -> int:
+    """The head every method trains on classification (the causal-LM head stays frozen)."""
+    return HEAD if f == "bert" else 0
 
 
 def bottleneck(b: int) -> int:
@@ -76,9 +116,14 @@ def bottleneck(b: int) -> int:
     return h * b + b + b * h + h
 
 
-def prefix_kv(n: int) -> int:
-    """n virtual tokens of key and value for every layer: n · 2 · L · h."""
-    return n * 2 * L * h
+def prefix_kv(f: str, n: int) -> int:
+    """n virtual tokens of key and value for every layer: n · 2 · L · (key/value width)."""
+    return n * 2 * L * token_dim(f)
+
+
+def token_dim(f: str) -> int:
+    """peft's prefix token width: the key/value width (h, or KV under Llama's GQA)."""
+    return KV if f == "llama" else h
 
 
 def lokr(shapes, r: int) -> tuple[int, list[int]]:
@@ -105,141 +150,222 @@ class Expected:
     rank_le: list[int] = field(default_factory=list)  # only bounds (e.g. a random sparse ΔW)
 
 
-def _lora_like(task: str, hp: dict, shapes, extra_per_target: Callable[[int, int], int] = lambda i, o: 0,
+def simple(f: str, n: int, stored: int | None = None) -> Expected:
+    """``n`` added scalars train with the head; ``stored`` (default n) are saved with the head."""
+    return Expected(n + head(f), n, (n if stored is None else stored) + head(f))
+
+
+def selective(n: int) -> Expected:
+    """Base tensors train; nothing is added."""
+    return Expected(n, 0, n)
+
+
+def _lora_like(f: str, r: int, shapes, extra_per_target: Callable[[int, int], int] = lambda i, o: 0,
                rank: Callable[[int, int, int], int] = lambda i, o, r: min(r, i, o)) -> Expected:
-    r = hp["r"]
     added = lora_params(shapes, r) + sum(extra_per_target(i, o) for i, o in shapes)
-    return Expected(added + head(task), added, added + head(task), dense(shapes) + head(task),
+    return Expected(added + head(f), added, added + head(f), dense(shapes) + head(f),
                     sorted(rank(i, o, r) for i, o in shapes))
 
 
-def _bitfit(task: str) -> int:
+def _adalora(f: str, hp: dict) -> Expected:
+    """P (r×in), Λ (r), Q (out×r) train; a frozen rank counter (1 scalar) per target is added."""
+    r, shapes = hp["init_r"], attn_qv(f)
+    e = _lora_like(f, r, shapes, lambda i, o: r)
+    return Expected(e.trainable, e.added + len(shapes), e.stored, e.changed, e.ranks)
+
+
+def _bitfit(f: str) -> int:
     """Every bias (LayerNorm biases included) + the head. BERT: embeddings LN h, per block q,k,v,
     attn-out, LN, FFN-out, LN (7h) + FFN-in I, pooler h; GPT-2: 11h per block + ln_f h."""
-    if task == "classification":
-        return h + L * (7 * h + I) + h + HEAD
-    return L * 11 * h + h
+    return h + L * (7 * h + I) + h + HEAD if f == "bert" else L * 11 * h + h
 
 
-def _block(task: str) -> int:
+def _block(f: str) -> int:
     """Every tensor of one transformer block."""
-    if task == "classification":  # q,k,v,attn-out (h²+h each), 2 LNs (2h each), FFN in/out
+    if f == "bert":  # q,k,v,attn-out (h²+h each), 2 LNs (2h each), FFN in/out
         return 4 * (h * h + h) + 2 * 2 * h + (h * I + I) + (I * h + h)
-    return 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
+    if f == "gpt2":
+        return 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
+    return 2 * h * h + 2 * h * KV + 3 * h * I + 2 * h  # q, o, k, v, gate/up/down, 2 RMSNorms
 
 
-def _ia3(task: str) -> Expected:
-    """(IA)³ vectors: output-scaled keys/values (BERT key, value; GPT-2 c_attn) and input-scaled
-    attention-out / FFN-out. Merged: every entry of each scaled matrix (and the biases of
-    output-scaled ones) changes; ΔW = (diag(l) − 1)·W has full rank."""
-    if task == "classification":  # key h + value h + attention.output.dense in h + output.dense in I
-        n, changed = L * (3 * h + I), L * (2 * (h * h + h) + h * h + I * h)
-        ranks = [h] * 4 * L
-    else:  # c_attn out 3h + mlp.c_proj in 4h
-        n, changed = L * (3 * h + 4 * h), L * ((h * 3 * h + 3 * h) + 4 * h * h)
-        ranks = [h] * 2 * L
-    return Expected(n + head(task), n, n + head(task), changed + head(task), sorted(ranks))
+def _layers(f: str) -> Expected:
+    """The top block + the final norm (GPT-2 ln_f 2h, Llama norm h) or the head (BERT)."""
+    return selective(_block(f) + {"bert": HEAD, "gpt2": 2 * h, "llama": h}[f])
 
 
-def _prompt(task: str, trainable_added: int, stored: int) -> Expected:
-    return Expected(trainable_added + head(task), trainable_added, stored + head(task))
+def _ia3(f: str) -> Expected:
+    """(IA)³ vectors: output-scaled keys/values and input-scaled FFN-out (and BERT's attention
+    out, whose name also ends in output.dense). Merged: every entry of each scaled matrix (and the
+    bias of an output-scaled one) changes; ΔW = (diag(l) − 1)·W has full rank."""
+    if f == "bert":  # key, value (out h, bias h), attention.output.dense (in h), output.dense (in I)
+        n, changed, ranks = L * (3 * h + I), L * (2 * (h * h + h) + h * h + I * h), [h] * 4 * L
+    elif f == "gpt2":  # c_attn out 3h (+ bias), mlp.c_proj in 4h
+        n, changed, ranks = L * (3 * h + 4 * h), L * ((h * 3 * h + 3 * h) + 4 * h * h), [h] * 2 * L
+    else:  # k_proj, v_proj out KV; down_proj in I (no biases)
+        n, changed, ranks = L * (2 * KV + I), L * (2 * h * KV + I * h), [KV, KV, h] * L
+    return Expected(n + head(f), n, n + head(f), changed + head(f), sorted(ranks))
 
 
-def _adapters(task: str, hp: dict, per_layer: int, trained_base: int = 0) -> Expected:
+def _adapters(f: str, per_layer: int, trained_base: int = 0) -> Expected:
     added = L * per_layer
-    return Expected(added + trained_base + head(task), added, added + trained_base + head(task))
+    return Expected(added + trained_base + head(f), added, added + trained_base + head(f))
 
 
-def _diff_pruning(task: str, hp: dict) -> Expected:
-    shapes = all_linear(task)
+def _houlsby(f: str, hp: dict) -> Expected:
+    """Adapters after attention and after the FFN; the block's two norms (base tensors: LayerNorm
+    weight + bias, RMSNorm weight only) train too."""
+    norms = L * 2 * (h if f == "llama" else 2 * h)
+    return _adapters(f, 2 * bottleneck(hp["bottleneck"]), norms)
+
+
+def _diff_pruning(f: str, hp: dict) -> Expected:
+    """A dense δ per all-linear weight trains; the mask lets round(density · n) entries change."""
+    shapes = all_linear(f)
     n = dense(shapes)
     changed = sum(max(1, int(round(hp["density"] * i * o))) for i, o in shapes)
-    return Expected(n + head(task), n, n + head(task), changed + head(task), None, [min(i, o) for i, o in shapes])
+    return Expected(n + head(f), n, n + head(f), changed + head(f), None, [min(i, o) for i, o in shapes])
 
 
-def _adapter_fusion(task: str, hp: dict) -> Expected:
+def _adapter_fusion(f: str, hp: dict) -> Expected:
     """Fusion (query h²+h, key h²+h, value h²) trains; the two stage-one Pfeiffer adapters
-    (bottleneck 4, methods_cases.stage_one_adapters) are added but frozen."""
+    (bottleneck 4, see ``stage_one``) are added but frozen, and read from their own folders."""
     fusion = 3 * h * h + 2 * h
-    return Expected(L * fusion + head(task), L * (fusion + 2 * bottleneck(4)), L * fusion + head(task))
+    return Expected(L * fusion + head(f), L * (fusion + 2 * bottleneck(4)), L * fusion + head(f))
 
 
-def _unipelt(task: str, hp: dict) -> Expected:
+def _unipelt(f: str, hp: dict) -> Expected:
     """Prefix (no projection) + gated LoRA (A, B, gate h→1) on the q/v targets + a gated
     bottleneck (adapter + gate h→1) after each FFN."""
     gate = h + 1
-    n = prefix_kv(hp["num_virtual_tokens"]) + lora_params(attn_qv(task), hp["r"]) + len(attn_qv(task)) * gate
-    n += L * (bottleneck(hp["bottleneck"]) + gate)
-    return Expected(n + head(task), n, n + head(task))
+    n = prefix_kv(f, hp["num_virtual_tokens"]) + lora_params(attn_qv(f), hp["r"]) + len(attn_qv(f)) * gate
+    return simple(f, n + L * (bottleneck(hp["bottleneck"]) + gate))
 
 
-def _scaled_bias(task: str) -> Expected:
+def _scaled_bias(f: str) -> Expected:
     """The plugin example: a δ per bias of its default targets (dense, c_proj, c_fc, c_attn)."""
-    n = (L * (h + I + h) + h) if task == "classification" else L * (3 * h + h + 4 * h + h)
-    return Expected(n + head(task), n, n + head(task), n + head(task), [])
+    n = (L * (h + I + h) + h) if f == "bert" else L * (3 * h + h + 4 * h + h)
+    return Expected(n + head(f), n, n + head(f), n + head(f), [])
 
 
-def _lokr(task: str, hp: dict) -> Expected:
-    n, ranks = lokr(attn_qv(task), hp["r"])
-    return Expected(n + head(task), n, n + head(task), dense(attn_qv(task)) + head(task), sorted(ranks))
+def _lokr(f: str, hp: dict) -> Expected:
+    n, ranks = lokr(attn_qv(f), hp["r"])
+    return Expected(n + head(f), n, n + head(f), dense(attn_qv(f)) + head(f), sorted(ranks))
 
 
-def _vera(task: str, hp: dict) -> Expected:
+def _vera(f: str, hp: dict) -> Expected:
     """Per target λ_d (r) and λ_b (out) train; the frozen shared A (r × max in) and B (max out × r)
     are saved too (peft ``save_projection``), so stored > trainable."""
-    r, shapes = hp["r"], attn_qv(task)
+    r, shapes = hp["r"], attn_qv(f)
     n = sum(r + o for _, o in shapes)
     proj = r * max(i for i, _ in shapes) + max(o for _, o in shapes) * r
-    return Expected(n + head(task), n, n + proj + head(task), dense(shapes) + head(task),
-                    sorted(min(r, i, o) for i, o in shapes))
+    return Expected(n + head(f), n, n + proj + head(f), dense(shapes) + head(f), sorted(min(r, i, o) for i, o in shapes))
+
+
+def _p_tuning(f: str, hp: dict) -> Expected:
+    """Embedding n·h + peft's MLP h→e→e→h; saved: the n·h prompt it computes."""
+    n, e = hp["num_virtual_tokens"], hp["encoder_hidden_size"]
+    return simple(f, n * h + (h * e + e) + (e * e + e) + (e * h + h), n * h)
+
+
+def _prefix_tuning(f: str, hp: dict) -> Expected:
+    """With the reparameterisation MLP: n·t + (t·e + e) + (e·2Lt + 2Lt), t = token width; saved:
+    the n·2Lt prefix it computes (the MLP is dropped)."""
+    n, e, t = hp["num_virtual_tokens"], hp["encoder_hidden_size"], token_dim(f)
+    return simple(f, n * t + (t * e + e) + (e * 2 * L * t + 2 * L * t), prefix_kv(f, n))
+
+
+def _full(f: str) -> Expected:
+    return selective(sum(p.numel() for p in build(f).parameters()))
+
+
+def _head_only(f: str) -> Expected:
+    """BERT classifier; the causal-LM head V × h (GPT-2's tied to the token embedding)."""
+    return selective(HEAD if f == "bert" else V * h)
 
 
 FORMULAS: dict[str, Callable[[str, dict], Expected]] = {
-    "lora": lambda t, hp: _lora_like(t, hp, attn_qv(t)),
-    "rslora": lambda t, hp: _lora_like(t, hp, attn_qv(t)),
-    # peft's generic method with a LoRA config: same targets (peft's defaults: query/value, c_attn), not merged here
-    "peft": lambda t, hp: Expected(*(lambda e: (e.trainable, e.added, e.stored))(_lora_like(t, {"r": 4}, attn_qv(t)))),
-    # DoRA adds a magnitude vector (out) per target; its ΔW rescales whole columns: full rank
-    "dora": lambda t, hp: _lora_like(t, hp, attn_qv(t), lambda i, o: o, lambda i, o, r: min(i, o)),
-    # AdaLoRA: P (r×in), Λ (r), Q (out×r) train; a frozen rank counter (1) per target is added
-    "adalora": lambda t, hp: (lambda e: Expected(e.trainable, e.added + len(attn_qv(t)), e.stored, e.changed, e.ranks))(
-        _lora_like(t, {"r": hp["init_r"]}, attn_qv(t), lambda i, o: hp["init_r"])),
+    "lora": lambda f, hp: _lora_like(f, hp["r"], attn_qv(f)),
+    "rslora": lambda f, hp: _lora_like(f, hp["r"], attn_qv(f)),
+    # peft's generic method with a LoRA config (r = 4): peft's default targets, not merged here
+    "peft": lambda f, hp: simple(f, lora_params(attn_qv(f), hp["kwargs"]["r"])),
+    # DoRA adds a magnitude (out) per target; its ΔW rescales whole columns: full rank
+    "dora": lambda f, hp: _lora_like(f, hp["r"], attn_qv(f), lambda i, o: o, lambda i, o, r: min(i, o)),
+    "adalora": _adalora,
     # QLoRA: LoRA on every linear layer (the paper's targets, the yaml default)
-    "qlora": lambda t, hp: _lora_like(t, hp, all_linear(t)),
+    "qlora": lambda f, hp: _lora_like(f, hp["r"], all_linear(f)),
     # LoHa: two rank-r Hadamard factors, 2·r·(in+out); rank ≤ r²
-    "loha": lambda t, hp: _lora_like(t, {"r": 2 * hp["r"]}, attn_qv(t), rank=lambda i, o, r: min((r // 2) ** 2, i, o)),
+    "loha": lambda f, hp: _lora_like(f, 2 * hp["r"], attn_qv(f), rank=lambda i, o, r: min((r // 2) ** 2, i, o)),
     "lokr": _lokr,
     "vera": _vera,
-    "ia3": lambda t, hp: _ia3(t),
+    "ia3": lambda f, hp: _ia3(f),
     "diff_pruning": _diff_pruning,
-    "bitfit": lambda t, hp: Expected(_bitfit(t), 0, _bitfit(t)),
-    "full": lambda t, hp: (lambda n: Expected(n, 0, n))(sum(p.numel() for p in C.build_base(t).parameters())),
-    # BERT classifier; GPT-2's lm_head, tied to the token embedding (V × h)
-    "head_only": lambda t, hp: (lambda n: Expected(n, 0, n))(HEAD if t == "classification" else V * h),
-    # the top block (+ GPT-2's final LN, 2h)
-    "layers": lambda t, hp: (lambda n: Expected(n, 0, n))(_block(t) + (HEAD if t == "classification" else 2 * h)),
-    "prompt_tuning": lambda t, hp: _prompt(t, hp["num_virtual_tokens"] * h, hp["num_virtual_tokens"] * h),
-    # P-Tuning: embedding n·h + peft's MLP h→e→e→h; saved: the n·h prompt it computes
-    "p_tuning": lambda t, hp: _prompt(t, hp["num_virtual_tokens"] * h + (h * hp["encoder_hidden_size"] + hp["encoder_hidden_size"])
-                                      + (hp["encoder_hidden_size"] ** 2 + hp["encoder_hidden_size"])
-                                      + (hp["encoder_hidden_size"] * h + h), hp["num_virtual_tokens"] * h),
-    # prefix tuning with the reparameterisation MLP: n·h + (h·e + e) + (e·2Lh + 2Lh); saved: the n·2Lh prefix
-    "prefix_tuning": lambda t, hp: _prompt(t, hp["num_virtual_tokens"] * h + h * hp["encoder_hidden_size"] + hp["encoder_hidden_size"]
-                                           + hp["encoder_hidden_size"] * 2 * L * h + 2 * L * h, prefix_kv(hp["num_virtual_tokens"])),
-    "p_tuning_v2": lambda t, hp: _prompt(t, prefix_kv(hp["num_virtual_tokens"]), prefix_kv(hp["num_virtual_tokens"])),
-    # Houlsby: adapters after attention and FFN, and the block's two LayerNorms (base tensors) train
-    "houlsby": lambda t, hp: _adapters(t, hp, 2 * bottleneck(hp["bottleneck"]), L * 2 * 2 * h),
-    "pfeiffer": lambda t, hp: _adapters(t, hp, bottleneck(hp["bottleneck"])),
-    "adapter_drop": lambda t, hp: _adapters(t, hp, bottleneck(hp["bottleneck"])),
+    "bitfit": lambda f, hp: selective(_bitfit(f)),
+    "full": lambda f, hp: _full(f),
+    "head_only": lambda f, hp: _head_only(f),
+    "layers": lambda f, hp: _layers(f),
+    "prompt_tuning": lambda f, hp: simple(f, hp["num_virtual_tokens"] * h),
+    "p_tuning": _p_tuning,
+    "prefix_tuning": _prefix_tuning,
+    "p_tuning_v2": lambda f, hp: simple(f, prefix_kv(f, hp["num_virtual_tokens"])),
+    "houlsby": _houlsby,
+    "pfeiffer": lambda f, hp: _adapters(f, bottleneck(hp["bottleneck"])),
+    "adapter_drop": lambda f, hp: _adapters(f, bottleneck(hp["bottleneck"])),
     "adapter_fusion": _adapter_fusion,
     # MAM: prefix (no projection) + one parallel adapter per block
-    "mam": lambda t, hp: _prompt(t, prefix_kv(hp["num_virtual_tokens"]) + L * bottleneck(hp["bottleneck"]),
-                                 prefix_kv(hp["num_virtual_tokens"]) + L * bottleneck(hp["bottleneck"])),
+    "mam": lambda f, hp: simple(f, prefix_kv(f, hp["num_virtual_tokens"]) + L * bottleneck(hp["bottleneck"])),
     "unipelt": _unipelt,
-    "scaled_bias": lambda t, hp: _scaled_bias(t),
+    "scaled_bias": lambda f, hp: _scaled_bias(f),
 }
 
-CASES = [(m, t) for m in available_methods() for t in ("classification", "causal_lm")]
+
+# ---- building each family's tiny model and apply context ---------------------------------------
+def build(f: str, seed: int = 0):
+    return build_llama(seed) if f == "llama" else C.build_base(FAMILIES[f], seed)
+
+
+def make_ctx(f: str):
+    return llama_ctx() if f == "llama" else C.make_ctx(FAMILIES[f])
+
+
+def build_for(method, f: str, tmp: Path):
+    """The base as the method loads it (QLoRA: 4-bit from a saved copy)."""
+    kw = method.load_kwargs(make_ctx(f))
+    base = build(f)
+    if not kw:
+        return base
+    d = tmp / f"base_{f}"
+    base.save_pretrained(str(d))
+    return type(base).from_pretrained(str(d), **kw).eval()
+
+
+def stage_one(f: str, tmp: Path) -> list[str]:
+    """Two saved Pfeiffer runs (bottleneck 4, random non-zero adapters) for adapter_fusion."""
+    if f != "llama":
+        return C.stage_one_adapters(FAMILIES[f], tmp)
+    from peftbench.methods.pfeiffer import Pfeiffer
+
+    dirs = []
+    for i in range(2):
+        m = Pfeiffer(bottleneck=4)
+        model = m.apply(build_llama(), llama_ctx())
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "pb_adapter" in n:
+                    p.add_(0.1 * torch.randn_like(p))
+        m.save(model, tmp / f"stage1_llama_{i}")
+        dirs.append(str(tmp / f"stage1_llama_{i}"))
+    return dirs
+
+
+def hparams(name: str, f: str, tmp: Path) -> dict:
+    hp = dict(C.HPARAMS.get(name, {}))
+    if name == "adapter_fusion":
+        hp["adapter_dirs"] = stage_one(f, tmp)
+    return hp
+
+
+CASES = [(m, f) for m in available_methods() for f in FAMILIES]
 
 
 def test_every_registered_method_has_a_formula():
@@ -279,35 +405,44 @@ def _perturb(model: torch.nn.Module, only_trainable: bool, seed: int) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype))
 
 
-@pytest.mark.parametrize("name,task", CASES)
-def test_counts_exact(name: str, task: str, tmp_path: Path) -> None:
+def _apply(name: str, f: str, tmp: Path):
     cls = get_method(name)
-    if task not in cls.tasks or (name, task) in C.UNSUPPORTED:
-        pytest.skip(f"{name} does not run on {task} (tests/test_methods.py checks the refusal)")
-    if name == "qlora":
-        pytest.importorskip("bitsandbytes")
-    hp = C.hparams_for(name, task, tmp_path)
-    method = cls.from_config({"name": name, **hp})
-    ctx = C.make_ctx(task)
+    task = FAMILIES[f]
+    if task not in cls.tasks:
+        pytest.skip(f"{name} does not support {task}")
+    method = cls.from_config({"name": name, **hparams(name, f, tmp)})
+    if (name, f) in REFUSED:
+        with pytest.raises(ConfigError):
+            method.check(make_ctx(f))
+        pytest.skip(f"{name} refuses {f} by design: {REFUSED[(name, f)]}")
+    ctx = make_ctx(f)
     method.check(ctx)
-    want = FORMULAS[name](task, hp)
-    base = C.build_for(method, task, tmp_path)
+    base = build_for(method, f, tmp)
     _perturb(base, only_trainable=False, seed=1)
     names, snap = pm.base_param_names(base), pm.snapshot(base)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = method.apply(base, ctx)
+    return method, model, names, snap
+
+
+@pytest.mark.parametrize("name,family", CASES)
+def test_counts_exact(name: str, family: str, tmp_path: Path) -> None:
+    if name == "qlora":
+        pytest.importorskip("bitsandbytes")
+    method, model, names, snap = _apply(name, family, tmp_path)
+    want = FORMULAS[name](family, hparams(name, family, tmp_path))
     counts = pm.count_params(model, names)
     assert (counts["trainable"], counts["added"]) == (want.trainable, want.added)
-    # the model as run holds the base (4-bit weights as scalars) + what was added + peft's head copy
-    copies = HEAD if task == "classification" and any("modules_to_save" in n for n, _ in model.named_parameters()) else 0
-    assert counts["total"] == sum(p.numel() for p in C.build_base(task).parameters()) + want.added + copies
+    # the model as run: the base (4-bit weights as scalars) + what was added + peft's head copy
+    copies = HEAD if any("modules_to_save" in n for n, _ in model.named_parameters()) else 0
+    assert counts["total"] == sum(p.numel() for p in build(family).parameters()) + want.added + copies
 
     _perturb(model, only_trainable=True, seed=2)
-    # not merged: what changed is what was added plus the base tensors that trained
-    trained_base = counts["trainable"] - sum(pm.numel(p) for n, p in model.named_parameters()
-                                             if p.requires_grad and pm.normalize_name(n, names) not in names)
+    # unmerged, what changed is what was added plus the base tensors that trained
+    trained_base = sum(pm.numel(p) for n, p in model.named_parameters()
+                       if p.requires_grad and pm.normalize_name(n, names) in names)
     assert pm.changed_params(pm.snapshot(model, copy=False), snap) == want.added + trained_base
 
     files = method.save(model, tmp_path / "saved")
@@ -321,8 +456,7 @@ def test_counts_exact(name: str, task: str, tmp_path: Path) -> None:
     trained = pm.trainable_names(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        merged = method.merge(model)
-    final = pm.snapshot(merged, copy=False)
+        final = pm.snapshot(method.merge(model), copy=False)
     assert pm.changed_params(final, snap) == want.changed
     ranks = pm.merged_delta_rank(final, snap, exclude=trained)
     if want.ranks is not None:
