@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -223,7 +223,7 @@ def _diff_pruning(f: str, hp: dict) -> Expected:
     """A dense δ per all-linear weight trains; the mask lets round(density · n) entries change."""
     shapes = all_linear(f)
     n = dense(shapes)
-    changed = sum(max(1, int(round(hp["density"] * i * o))) for i, o in shapes)
+    changed = sum(max(1, round(hp["density"] * i * o)) for i, o in shapes)
     return Expected(n + head(f), n, n + head(f), changed + head(f), None, [min(i, o) for i, o in shapes])
 
 
@@ -463,3 +463,63 @@ def test_counts_exact(name: str, family: str, tmp_path: Path) -> None:
         assert sorted(ranks.values()) == want.ranks
     else:  # a random sparse ΔW: one per target, each at most full rank
         assert len(ranks) == len(want.rank_le) and max(ranks.values()) <= max(want.rank_le)
+
+
+# ---- `peftbench params` reproduces published counts (meta device: no weights, no network) ---------
+def _params(*overrides: str) -> dict:
+    from peftbench.cli.params import params_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return params_table(list(overrides))
+
+
+def _roberta_head(d: int) -> int:
+    """RobertaClassificationHead: dense d×d + d, out_proj d×2 + 2 (trains; a base tensor)."""
+    return d * d + d + d * 2 + 2
+
+
+@pytest.mark.parametrize("overrides, layers, d, r, published", [
+    # LoRA paper (Hu et al. 2021), Table 2: LoRA r = 8 on W_q, W_v — 0.3M and 0.8M trainable
+    (["model=roberta", "model_size=base"], 12, 768, 8, 0.3),
+    (["model=roberta", "model_size=large"], 24, 1024, 8, 0.8),
+])
+def test_params_lora_paper_roberta(overrides, layers, d, r, published):
+    """LoRA's count is r·(d_in + d_out) per adapted matrix, 2 matrices per layer; the paper's
+    figure excludes the classification head, which trains here and is a base tensor (not added)."""
+    t = _params(*overrides, "method=lora", f"method.r={r}", "method.target_modules=[query,value]")
+    added = layers * 2 * r * (d + d)  # base 294,912; large 786,432
+    assert t["params"]["added"] == added and round(added / 1e6, 1) == published
+    assert t["params"]["trainable"] == added + _roberta_head(d)
+
+
+@pytest.mark.parametrize("size, layers, d", [("medium", 24, 1024), ("large", 36, 1280)])
+def test_params_lora_paper_gpt2(size, layers, d):
+    """LoRA paper, Table 3: GPT-2 M/L with r = 4 on W_q, W_v. loralib's MergedLinear on c_attn
+    holds A (2r × d) and B (2d × r) = 4rd per layer, as does peft's LoRA on the fused c_attn
+    (A r × d, B 3d × r): 393,216 (M) and 737,280 (L). The paper prints 0.35M and 0.77M, which its
+    own formula does not give (no per-layer count scales from M to L by 2.2×); we pin the formula."""
+    t = _params("model=gpt2", f"model_size={size}", "dataset=wiki_demo", "method=lora", "method.r=4")
+    assert t["task"] == "causal_lm"
+    assert t["params"]["added"] == t["params"]["trainable"] == layers * 4 * 4 * d
+
+
+def test_params_peft_llama2_7b_lora():
+    """peft's documented LoRA example on Llama-2-7b (r = 8, q_proj/v_proj): "trainable params:
+    4,194,304 || all params: 6,742,609,920"; total = the base from its shapes + LoRA."""
+    d, inter, layers, vocab = 4096, 11008, 32, 32000
+    t = _params("model=llama", "model_size=7b", "dataset=wiki_demo", "method=lora", "method.r=8")
+    lora = layers * 2 * 8 * (d + d)
+    base = 2 * vocab * d + layers * (4 * d * d + 3 * d * inter + 2 * d) + d
+    assert t["params"]["trainable"] == t["params"]["added"] == lora == 4_194_304
+    assert t["params"]["total"] == base + lora == 6_742_609_920
+
+
+@pytest.mark.parametrize("dataset, head_scalars", [("wiki_demo", 0), ("sst2", 2048 * 2)])
+def test_params_prompt_tuning_on_llama_adds_only_the_prompt(dataset, head_scalars):
+    """Issue 25: prompt tuning on a Llama reported the whole base as added. 200 virtual tokens of
+    width d are the only new scalars; a classification head (score d × 2) trains but is a base tensor."""
+    t = _params("model=llama", "model_size=1b", f"dataset={dataset}", "method=prompt_tuning",
+                "method.num_virtual_tokens=200")
+    assert t["params"]["added"] == 200 * 2048
+    assert t["params"]["trainable"] == 200 * 2048 + head_scalars
