@@ -292,8 +292,9 @@ FORMULAS: dict[str, Callable[[str, dict], Expected]] = {
     # DoRA adds a magnitude (out) per target; its ΔW rescales whole columns: full rank
     "dora": lambda f, hp: _lora_like(f, hp["r"], attn_qv(f), lambda i, o: o, lambda i, o, r: min(i, o)),
     "adalora": _adalora,
-    # QLoRA: LoRA on every linear layer (the paper's targets, the yaml default)
-    "qlora": lambda f, hp: _lora_like(f, hp["r"], all_linear(f)),
+    # QLoRA: LoRA's targets by default (the paper's every linear layer with target_modules=all_linear);
+    # 4-bit weights count as scalars, and it merges into the dequantized base, so changed = LoRA's
+    "qlora": lambda f, hp: _lora_like(f, hp["r"], all_linear(f) if hp.get("target_modules") == "all_linear" else attn_qv(f)),
     # LoHa: two rank-r Hadamard factors, 2·r·(in+out); rank ≤ r²
     "loha": lambda f, hp: _lora_like(f, 2 * hp["r"], attn_qv(f), rank=lambda i, o, r: min((r // 2) ** 2, i, o)),
     "lokr": _lokr,
@@ -523,3 +524,32 @@ def test_params_prompt_tuning_on_llama_adds_only_the_prompt(dataset, head_scalar
                 "method.num_virtual_tokens=200")
     assert t["params"]["added"] == 200 * 2048
     assert t["params"]["trainable"] == 200 * 2048 + head_scalars
+
+
+# ---- seed study 3: QLoRA vs LoRA on identical targets and rank (issue 25, item 5) ----------------
+def test_gpt2_modes_lora_and_qlora_cells_adapt_the_same_matrices_at_the_same_rank():
+    """Every planned qlora cell has a lora twin (same task, size, lr, seed) whose composed method
+    block resolves to the same target matrices and the same r, alpha, dropout and LoRA variant."""
+    from peftbench.cli.suite import cells, grids
+    from peftbench.config.compose import compose
+    from peftbench.methods.base import ApplyContext, resolve_targets
+
+    g = grids()["gpt2_modes"]
+    planned = {(c.task.name, c.size, c.lr, c.method): c for c in cells(g, g.methods)}
+    pairs = [(planned[k[:3] + ("lora",)], c) for k, c in planned.items() if k[3] == "qlora"]
+    assert len(pairs) == 2 * 3 * 2  # two tasks (attention, all linear) × 3 sizes × 2 lrs
+    seen_targets = set()
+    for lora_cell, qlora_cell in pairs:
+        resolved = []
+        for cell in (lora_cell, qlora_cell):
+            cfg = compose(cell.overrides(g))
+            method = get_method(cfg.method.name).from_config(cfg.method)
+            # the family's declared targets (no weights needed: the ladder may not be pretrained here)
+            targets = {k: list(v) for k, v in cfg.model.targets.items()}
+            ctx = ApplyContext(task="causal_lm", family=cfg.model.family, targets=targets, model_type="gpt2",
+                               num_layers=0, hidden_size=0, num_heads=0, max_positions=0)
+            resolved.append((tuple(resolve_targets(method.target_modules, ctx)), method.r, method.alpha,
+                             method.dropout, method.use_dora, method.use_rslora, method.bias))
+        assert resolved[0] == resolved[1], (lora_cell.rel_dir(), resolved)
+        seen_targets.add(resolved[0][0])
+    assert seen_targets == {("c_attn",), ("c_attn", "c_proj", "c_fc")}

@@ -8,7 +8,10 @@ run's), and results.json records it — it breaks "same optimizer for every meth
 Under FSDP the 4-bit weights must be stored in the compute dtype (``quant_storage``), or FSDP
 cannot flatten them with the adapters; ``check_strategy`` refuses otherwise.
 
-Merging folds BA into the base *dequantized* (to the dtype the model was loaded in) (W0 ← deq(W0) + ΔW, no
+Targets default to LoRA's (the family's attention q/v), so ``qlora`` vs ``lora`` isolates the 4-bit
+base; the paper's all-linear recipe is ``target_modules: all_linear``.
+
+Merging folds BA into the base *dequantized* to the dtype it was loaded in (W0 ← deq(W0) + ΔW, no
 re-quantisation, which would move every weight of a block): the merged model is the function the
 adapter computes, as in the usual QLoRA deployment (adapter merged into the 16-bit base). So
 ``changed`` and ``delta_rank`` mean what they mean for LoRA on the same targets: entries of the
@@ -77,7 +80,9 @@ class QLoRA(LoRA):
     summary = "LoRA on a 4-bit NF4 (double-quantised) frozen base"
     supports_merge = True  # into the dequantized base (see the module docstring)
 
-    target_modules: Any = "all_linear"  # the paper adapts every linear layer of the blocks
+    # null → LoRA's targets (the family's attention q/v), so QLoRA vs LoRA isolates the 4-bit base;
+    # the paper adapts every linear layer of the blocks: target_modules="all_linear"
+    target_modules: Any = None
     quant_type: str = "nf4"  # nf4 | fp4
     double_quant: bool = True  # quantise the quantisation constants too
     use_gradient_checkpointing: bool = False  # recompute activations (saves memory; slower)
