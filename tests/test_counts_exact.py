@@ -229,9 +229,10 @@ def _diff_pruning(f: str, hp: dict) -> Expected:
 
 def _adapter_fusion(f: str, hp: dict) -> Expected:
     """Fusion (query h²+h, key h²+h, value h²) trains; the two stage-one Pfeiffer adapters
-    (bottleneck 4, see ``stage_one``) are added but frozen, and read from their own folders."""
+    (bottleneck 4, see ``stage_one``) are added but frozen — and saved: the fused model needs them."""
     fusion = 3 * h * h + 2 * h
-    return Expected(L * fusion + head(f), L * (fusion + 2 * bottleneck(4)), L * fusion + head(f))
+    added = L * (fusion + 2 * bottleneck(4))
+    return Expected(L * fusion + head(f), added, added + head(f))
 
 
 def _unipelt(f: str, hp: dict) -> Expected:
