@@ -357,3 +357,28 @@ def test_callbacks_reduce_over_ddp_ranks(tmp_path: Path) -> None:
     assert s["train_samples_per_s"] * SEQ == pytest.approx(s["train_tokens_per_s"])
     assert s["padding_fraction"] == pytest.approx(1 - USEFUL / SEQ)
     assert s["fit_peak_rss_mb"] > 0
+
+
+def test_prompt_learning_names_resolve_against_the_base() -> None:
+    """peft's prompt learning wraps as ``base_model.<orig>``; for a Llama (``model.layers…``) that
+    reads ``base_model.model.layers…``, which the LoRA-style reading maps to ``layers…`` — a name
+    the base lacks, so every base tensor looked added (issue 25). The base's names decide."""
+    base = {"model.layers.0.self_attn.q_proj.weight", "lm_head.weight"}
+    name = "base_model.model.layers.0.self_attn.q_proj.weight"
+    assert normalize_name(name) == "layers.0.self_attn.q_proj.weight"  # the LoRA-style reading
+    assert normalize_name(name, base) == "model.layers.0.self_attn.q_proj.weight"
+    lora_name = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    assert normalize_name(lora_name, base) == "model.layers.0.self_attn.q_proj.weight"
+    assert normalize_name("base_model.lm_head.weight", base) == "lm_head.weight"
+
+
+def test_changed_of_a_4bit_model_counts_scalars_not_packed_bytes(tmp_path: Path) -> None:
+    """Unchanged 4-bit weights are unchanged (compared dequantized), however they are handed over;
+    their packed bytes stripped of the quant_state (``p.detach()``) are refused, not counted as
+    half their scalars (issue 25: QLoRA's changed was half the 4-bit element count + LoRA)."""
+    model = _load_4bit(_save_tiny(tmp_path))
+    base = snapshot(model)
+    assert changed_params(model, base) == 0
+    assert changed_params(snapshot(model, copy=False), base) == 0
+    with pytest.raises(ValueError, match="quant_state"):
+        changed_params({n: p.detach() for n, p in model.named_parameters()}, base)

@@ -8,7 +8,7 @@ peft's renaming so that a wrapped model's parameters line up with the base model
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ __all__ = [
     "count_params",
     "delta_rank",
     "is_quantized_4bit",
+    "keyed_params",
     "merged_delta_rank",
     "trainable_names",
     "normalize_name",
@@ -43,20 +44,44 @@ _ORIGINAL_MODULE = re.compile(r"\.original_module(?=\.)")
 _PARAMETRIZED = re.compile(r"\.parametrizations(\.\w+)\.original$")
 
 
-def normalize_name(name: str) -> str:
-    """Map a (possibly peft-wrapped) parameter name back to the base model's name."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-                changed = True
-    name = _BASE_LAYER.sub("", name)
-    name = _MODULES_TO_SAVE.sub("", name)
-    name = _ORIGINAL_MODULE.sub("", name)
-    # torch.nn.utils.parametrize keeps the base tensor as `<module>.parametrizations.<p>.original`
-    return _PARAMETRIZED.sub(r"\1", name)
+def _unwrapped(name: str) -> list[str]:
+    """The base names ``name`` may stand for, most-wrapped reading first.
+
+    ``base_model.model.x`` is ambiguous: a LoRA-like tuner's ``base_model.model.<orig>`` (orig
+    ``x``) or prompt learning's ``base_model.<orig>`` (orig ``model.x``, e.g. Llama's
+    ``model.layers``). Only the base model's names can tell them apart (:func:`normalize_name`).
+    """
+    forms: list[str] = []
+    stack = [name]
+    while stack:
+        n = stack.pop(0)
+        if n not in forms:
+            forms.append(n)
+        stack += [n[len(p):] for p in _PREFIXES if n.startswith(p)]
+    forms.sort(key=len)  # most stripped first: the LoRA-like reading wins where nothing else decides
+    out: list[str] = []
+    for n in forms:
+        n = _ORIGINAL_MODULE.sub("", _MODULES_TO_SAVE.sub("", _BASE_LAYER.sub("", n)))
+        # torch.nn.utils.parametrize keeps the base tensor as `<module>.parametrizations.<p>.original`
+        n = _PARAMETRIZED.sub(r"\1", n)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def normalize_name(name: str, known: Iterable[str] | None = None) -> str:
+    """Map a (possibly peft-wrapped) parameter name back to the base model's name.
+
+    With ``known`` (the base model's normalised names) the reading that names a base tensor wins,
+    so prompt learning's ``base_model.model.layers.0…`` maps to Llama's ``model.layers.0…``, not to
+    ``layers.0…`` (which would make every base tensor look added).
+    """
+    forms = _unwrapped(name)
+    if known is not None:
+        for form in forms:
+            if form in known:
+                return form
+    return forms[0]
 
 
 def is_quantized_4bit(p: torch.Tensor) -> bool:
@@ -79,26 +104,45 @@ def numel(p: torch.Tensor) -> int:
 
 
 def _dequantize(p: torch.Tensor) -> torch.Tensor | None:
+    """The weight as the model computes with it. On AVX512-BF16 CPUs bitsandbytes repacks a 4-bit
+    weight in place at its first no-grad forward; that layout is undone on copies first."""
     try:
+        import copy
+
         import bitsandbytes.functional as bnbf
 
-        return bnbf.dequantize_4bit(p.data, p.quant_state)
+        data, state = p.data, p.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            data, state = bnbf._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
+        return bnbf.dequantize_4bit(data, state)
     except Exception:  # noqa: BLE001 - no bnb, or a layout it cannot undo: caller skips
         return None
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+def keyed_params(model: nn.Module) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """``(name, base name, parameter)`` for every parameter of a (possibly peft-wrapped) model.
+
+    The wrapped model's own base (``get_base_model()``) says which reading of an ambiguous name is
+    right (see :func:`normalize_name`).
+    """
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    known = None if inner is model else {normalize_name(n) for n, _ in inner.named_parameters()}
+    for name, p in model.named_parameters():
+        yield name, normalize_name(name, known), p
+
+
+def snapshot(model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
     """CPU clones of all parameters, keyed by normalised name (for :func:`changed_params`).
 
     4-bit parameters are dequantized (their values as the model computes with them); ones that
     cannot be dequantized are left out. For ``modules_to_save`` layers the trained copy wins over
-    ``original_module``, because it is the one the forward pass uses.
+    ``original_module``, because it is the one the forward pass uses. ``copy=False`` returns
+    detached views where it can (the final model's state, read once after training).
     """
     out: dict[str, torch.Tensor] = {}
     from_original: set[str] = set()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            key = normalize_name(name)
+        for name, key, p in keyed_params(model):
             is_original = _ORIGINAL_MODULE.search(name) is not None
             if key in out and (is_original or key not in from_original):
                 continue  # keep the copy the forward pass uses
@@ -108,7 +152,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
                     continue
             else:
                 t = p.detach()
-            out[key] = t.to("cpu", copy=True)
+            out[key] = t.to("cpu", copy=True) if copy else t
             if is_original:
                 from_original.add(key)
             else:
@@ -118,7 +162,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def base_param_names(model: nn.Module) -> set[str]:
     """Normalised names of the base model's parameters, taken before a method is applied."""
-    return {normalize_name(n) for n, _ in model.named_parameters()}
+    return {key for _, key, _ in keyed_params(model)}
 
 
 def count_params(model: nn.Module, base_names: set[str] | None = None) -> dict[str, int | None]:
@@ -137,7 +181,7 @@ def count_params(model: nn.Module, base_names: set[str] | None = None) -> dict[s
         total += n
         if p.requires_grad:
             trainable += n
-        if base_names is not None and normalize_name(name) not in base_names:
+        if base_names is not None and normalize_name(name, base_names) not in base_names:
             added += n
     return {"total": total, "trainable": trainable, "added": added if base_names is not None else None}
 
@@ -152,6 +196,8 @@ def changed_params(
     Pass the merged model (or its :func:`snapshot`) where merging applies, so a merged LoRA
     counts its adapted matrices in full; tensors absent from the base, or reshaped, count fully.
     ``original_module`` copies are ignored (the forward pass uses the ``modules_to_save`` copy).
+    A 4-bit tensor is compared dequantized; a packed one stripped of its ``quant_state`` (e.g. by
+    ``p.detach()``) is refused rather than counted as half its scalars.
     """
     if isinstance(final_state, nn.Module):
         final_state = snapshot(final_state)
@@ -162,7 +208,7 @@ def changed_params(
         for name, t in final_state.items():
             if _ORIGINAL_MODULE.search(name):
                 continue
-            key = normalize_name(name)
+            key = normalize_name(name, base_n)
             if key in seen:
                 continue
             seen.add(key)
@@ -173,12 +219,21 @@ def changed_params(
                     continue
                 t = deq
             ref = base_n.get(key)
+            if ref is not None and _packed_without_state(t, ref):
+                raise ValueError(f"{name}: packed 4-bit bytes without their quant_state cannot be compared "
+                                 "with the base; pass the model or snapshot(model) (which dequantizes)")
             if ref is None or tuple(ref.shape) != tuple(t.shape):
                 changed += t.numel()
                 continue
             diff = (t.detach().to("cpu", torch.float32) - ref.to(torch.float32)).abs()
             changed += int((diff > atol).sum().item())
     return changed
+
+
+def _packed_without_state(t: torch.Tensor, ref: torch.Tensor) -> bool:
+    """A bitsandbytes Params4bit's storage ([ceil(n/2), 1] uint8) that lost its quant_state."""
+    return (t.dtype == torch.uint8 and ref.dtype.is_floating_point and t.ndim == 2 and t.shape[1] == 1
+            and t.shape[0] == (ref.numel() + 1) // 2)
 
 
 def stored_bytes(paths: Iterable[Path | str] | Path | str) -> int:
@@ -214,7 +269,7 @@ def delta_rank(delta: Mapping[str, torch.Tensor], tol: float | None = None) -> d
 def trainable_names(model: nn.Module) -> set[str]:
     """Normalised names of the parameters the optimizer updated directly (e.g. a head in
     ``modules_to_save``): their change is training, not a low-rank update, so ΔW leaves them out."""
-    return {normalize_name(n) for n, p in model.named_parameters() if p.requires_grad}
+    return {key for _, key, p in keyed_params(model) if p.requires_grad}
 
 
 def merged_delta_rank(final: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
@@ -229,7 +284,7 @@ def merged_delta_rank(final: Mapping[str, torch.Tensor], base: Mapping[str, torc
     out: dict[str, int] = {}
     with torch.no_grad():
         for name, t in final.items():
-            key = normalize_name(name)
+            key = normalize_name(name, base_n)
             b = base_n.get(key)
             if key in exclude or b is None or is_quantized_4bit(t) or t.ndim < 2 or t.shape != b.shape:
                 continue

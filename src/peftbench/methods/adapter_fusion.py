@@ -88,6 +88,13 @@ class AdapterFusion(Method):
     temperature: float = 1.0
     train_head: bool = True
 
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What trains, plus the frozen stage-one adapters inside each fusion: the fused model cannot
+        be rebuilt from the base without them (so ``stored_bytes`` counts them, and the save does not
+        depend on the stage-one folders' later contents)."""
+        return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+                if p.requires_grad or ".pb_fusion." in n}
+
     def check(self, ctx: ApplyContext) -> None:
         super().check(ctx)
         if not self.adapter_dirs:

@@ -28,7 +28,7 @@ class BitFit(Method):
         super().check(ctx)
         # Llama-style blocks have no biases (unless attention_bias / mlp_bias; Qwen2 only on q/k/v):
         # the context read that off the meta-device build; refuse the empty case before loading.
-        if ctx.has_bias is False and not self.train_head:
+        if ctx.has_bias is False and not (self.train_head and ctx.task == "classification"):  # a head trains only there
             raise ConfigError("this model has no bias terms to train", option="method")
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:

@@ -8,7 +8,14 @@ run's), and results.json records it — it breaks "same optimizer for every meth
 Under FSDP the 4-bit weights must be stored in the compute dtype (``quant_storage``), or FSDP
 cannot flatten them with the adapters; ``check_strategy`` refuses otherwise.
 
-Not mergeable here: folding BA into 4-bit weights re-quantises them, so merged outputs differ.
+Targets default to LoRA's (the family's attention q/v), so ``qlora`` vs ``lora`` isolates the 4-bit
+base; the paper's all-linear recipe is ``target_modules: all_linear``.
+
+Merging folds BA into the base *dequantized* to the dtype it was loaded in (W0 ← deq(W0) + ΔW, no
+re-quantisation, which would move every weight of a block): the merged model is the function the
+adapter computes, as in the usual QLoRA deployment (adapter merged into the 16-bit base). So
+``changed`` and ``delta_rank`` mean what they mean for LoRA on the same targets: entries of the
+adapted matrices that differ after the merge, and rank r per matrix.
 Note: 4-bit ``numel()`` counts half of each packed weight (Params4bit); count with measure/params.
 """
 
@@ -35,18 +42,34 @@ def _bitsandbytes_available() -> bool:
     return True
 
 
-def keep_plain_layout_where_cpu_repack_fails(model: nn.Module) -> None:
-    """On AVX512-BF16 CPUs bitsandbytes (≥ 0.49) repacks a 4-bit weight at its first no-grad eval
-    forward; the repack assumes out_features % 32 == 0 and in_features % blocksize == 0 and raises
-    ("shape '[32, 0]' is invalid") on smaller layers, e.g. a tiny test model's. Those layers keep
-    the plain layout (same numbers, bitsandbytes' generic CPU kernel)."""
+def keep_plain_cpu_layout(model: nn.Module) -> None:
+    """Keep every 4-bit weight in bitsandbytes' plain layout on CPU.
+
+    On AVX512-BF16 CPUs bitsandbytes (≥ 0.49) repacks a 4-bit weight in place at its first no-grad
+    eval forward. The repack fails on small layers (out_features % 32 or in_features % blocksize,
+    e.g. a tiny test model's: "shape '[32, 0]' is invalid"), and where it succeeds its inverse is
+    lossy (absmax re-quantised: ~2e-4 off), so a weight read after evaluation — the dequantized
+    base of ``changed`` and of the merge — would no longer be the one the run trained on. The
+    generic CPU kernel computes the same numbers from the plain layout."""
     for mod in model.modules():
-        state = getattr(getattr(mod, "weight", None), "quant_state", None)
-        if state is None or not getattr(mod, "support_avx512bf16_for_cpu", False):
-            continue
-        out_f, in_f = state.shape[0], state.shape[-1]
-        if out_f % 32 or in_f % state.blocksize:
+        if getattr(mod, "support_avx512bf16_for_cpu", False):
             mod.support_avx512bf16_for_cpu = False
+
+
+def _unpack_cpu_layout(model: nn.Module) -> None:
+    """Undo a CPU repack done before :func:`keep_plain_cpu_layout` could stop it (a forward on the
+    bare base, e.g. the forgetting measure), with bitsandbytes' own inverse — the one
+    measure/params applies to copies, so the merged base and the counted base agree."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            p.data, p.quant_state = _convert_weight_packed_for_cpu_inverse(p.data, state)
+
+
+def _is_4bit(model: nn.Module) -> bool:
+    return any(getattr(p, "quant_state", None) is not None for p in model.parameters())
 
 
 @register_method("qlora")
@@ -55,9 +78,11 @@ class QLoRA(LoRA):
     family = "reparameterized"
     paper = "https://arxiv.org/abs/2305.14314"
     summary = "LoRA on a 4-bit NF4 (double-quantised) frozen base"
-    supports_merge = False
+    supports_merge = True  # into the dequantized base (see the module docstring)
 
-    target_modules: Any = "all_linear"  # the paper adapts every linear layer of the blocks
+    # null → LoRA's targets (the family's attention q/v), so QLoRA vs LoRA isolates the 4-bit base;
+    # the paper adapts every linear layer of the blocks: target_modules="all_linear"
+    target_modules: Any = None
     quant_type: str = "nf4"  # nf4 | fp4
     double_quant: bool = True  # quantise the quantisation constants too
     use_gradient_checkpointing: bool = False  # recompute activations (saves memory; slower)
@@ -119,8 +144,25 @@ class QLoRA(LoRA):
         )}
 
     def load(self, base: nn.Module, in_dir, ctx: ApplyContext) -> nn.Module:
-        keep_plain_layout_where_cpu_repack_fails(base)
+        keep_plain_cpu_layout(base)
         return super().load(base, in_dir, ctx)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """ΔW folded into the dequantized base (the model's load dtype), with peft's own merge (DoRA,
+        rsLoRA alike): adapter state out, base unloaded and dequantized, adapter re-applied, merged."""
+        if not _is_4bit(model):
+            return super().merge(model)  # a plain base (e.g. on the meta device): LoRA's merge
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        cfg = model.peft_config[model.active_adapter]
+        state = get_peft_model_state_dict(model)
+        _unpack_cpu_layout(model)
+        base = model.unload().dequantize()  # transformers: every Linear4bit → nn.Linear
+        if getattr(base, "is_loaded_in_4bit", False):  # a plain attribute peft reads; no longer true
+            base.is_loaded_in_4bit = False
+        plain = get_peft_model(base, cfg)
+        set_peft_model_state_dict(plain, state)
+        return plain.merge_and_unload()
 
     def peft_config(self, ctx: ApplyContext) -> Any:
         cfg = super().peft_config(ctx)
@@ -133,7 +175,7 @@ class QLoRA(LoRA):
 
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.use_gradient_checkpointing)
-            keep_plain_layout_where_cpu_repack_fails(model)
+            keep_plain_cpu_layout(model)
         # An unquantised model (e.g. `peftbench params` on a from-config tiny model) gets plain LoRA:
         # counts of trainable scalars are the same; the 4-bit storage needs a from_pretrained load.
         return super().apply(model, ctx)

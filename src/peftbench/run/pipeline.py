@@ -214,7 +214,7 @@ def measure(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted) -> dict[str, 
     needs_merged = adapted.base_snapshot is not None or adapted.base_model is not None
     merged = plan.method.merge(copy.deepcopy(model)) if plan.method.supports_merge and needs_merged else None
     if adapted.base_snapshot is not None:
-        final = {n: p.detach() for n, p in (merged if merged is not None else model).named_parameters()}
+        final = pm.snapshot(merged if merged is not None else model, copy=False)  # 4-bit dequantized
         counts["changed"] = pm.changed_params(final, adapted.base_snapshot)
         if merged is not None:  # ΔW = merged − base, for any mergeable method
             counts["delta_rank"] = pm.merged_delta_rank(final, adapted.base_snapshot,
