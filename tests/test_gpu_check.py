@@ -225,7 +225,7 @@ def test_estimate_uses_a_measured_rate_where_there_is_one(tmp_path):
     assert lora["gpu_hours"] == pytest.approx(lora["flops"] / 5e14 / 3600 + g["job_overhead_min"] / 60)
 
 
-def test_gpu_sweeps_submit_through_the_slurm_launcher_with_the_estimate_first(capsys):
+def test_gpu_sweeps_submit_through_the_slurm_launcher_with_the_estimate_first(capfd):
     from omegaconf import OmegaConf
 
     from peftbench.cli.gpu_estimate import EstimateCallback, sweep_config
@@ -233,6 +233,6 @@ def test_gpu_sweeps_submit_through_the_slurm_launcher_with_the_estimate_first(ca
     cfg = sweep_config(["experiment=gpu_sft_llama"])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
     assert cfg.hydra.callbacks.gpu_estimate._target_ == "peftbench.cli.gpu_estimate.EstimateCallback"
-    hc = OmegaConf.create({"hydra": {"overrides": {"task": ["experiment=gpu_sft_llama", "method=ia3", "seed=1,2"]}}})
-    EstimateCallback().on_multirun_start(hc)
-    assert "2 jobs in 1 cells" in capsys.readouterr().out
+    task = ["experiment=gpu_sft_llama", "method=ia3", "seed=1,2", "hydra/launcher=basic", "hydra.sweep.dir=/tmp/x"]
+    EstimateCallback().on_multirun_start(OmegaConf.create({"hydra": {"overrides": {"task": task}}}))
+    assert "2 jobs in 1 cells" in capfd.readouterr().out

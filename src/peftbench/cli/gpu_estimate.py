@@ -76,7 +76,7 @@ def cells(overrides: Sequence[str]) -> tuple[Any, list[Cell]]:
     params = dict(cfg.hydra.sweeper.get("params") or {})
     out: dict[tuple[str, ...], Cell] = {}
     for job in expand(overrides, params):
-        key = tuple(o for o in job if not o.startswith(("seed=", "+seed=", "++seed=")))
+        key = tuple(o for o in job if not o.lstrip("+~").startswith(("seed=", "hydra.", "hydra/")))
         if key not in out:
             out[key] = Cell(key, 0, " ".join(o for o in key if not o.startswith("experiment=")))
         out[key].jobs += 1
@@ -201,11 +201,14 @@ except ImportError:  # pragma: no cover
 
 
 class EstimateCallback(_HydraCallback):  # type: ignore[misc,valid-type]
-    """``hydra.callbacks``: prints the estimate at the start of a multirun, before any job is launched."""
+    """``hydra.callbacks``: prints the estimate at the start of a multirun, before any job is launched.
+    In its own process: composing inside a running Hydra app is refused (GlobalHydra is initialised)."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        import subprocess
+
         overrides = list(config.hydra.overrides.task)
-        print(render(estimate(overrides)), flush=True)
+        subprocess.run([sys.executable, "-m", "peftbench.cli.gpu_estimate", *overrides], check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
