@@ -225,6 +225,13 @@ def cuda_peaks(device: Any) -> dict[str, float | None]:
             "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
 
 
+def model_allocated_gib(device: Any) -> float | None:
+    """CUDA memory held once the model is built and adapted (weights, adapters, batches not yet)."""
+    import torch
+
+    return torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
+
+
 def flops_fields(counts: dict[str, Any], plan: Any, scale: Scale, tokens_per_s: float | None, device: Any) -> dict[str, Any]:
     """FLOPs per token (trainable-aware, with attention) and MFU against the device's bf16 peak."""
     import torch
@@ -246,10 +253,14 @@ def measure_loop(case: Case, scale: Scale, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, counts = adapt(plan, device)
     build_s = time.perf_counter() - t0
+    model_gib = model_allocated_gib(device)
     batches = token_batches(plan.ctx.hf_config.vocab_size, scale, 2, device)
     stamps = train_steps(model, plan, batches, scale.warmup + scale.steps, device)
     sp = speed(stamps, scale.warmup, scale.batch * scale.seq)
-    row = {**sp, **cuda_peaks(device), **flops_fields(counts, plan, scale, sp["tokens_per_s"], device),
+    peaks = cuda_peaks(device)
+    extra = peaks["peak_allocated_gib"] - model_gib if model_gib is not None else None
+    row = {**sp, **peaks, "model_allocated_gib": model_gib, "peak_above_model_gib": extra,
+           **flops_fields(counts, plan, scale, sp["tokens_per_s"], device),
            "params": {k: v for k, v in counts.items() if k != "matmul"}, "build_s": build_s,
            "first_steps_s": stamps[scale.warmup] - stamps[0], "optimizer": plan.optim.get("name"),
            "precision": scale.precision}

@@ -45,13 +45,16 @@ def header(meta: dict[str, Any]) -> list[str]:
 
 def method_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Methods (hand-written loop, the run's optimizer)", "",
-             "| case | trainable | step (s) | tokens/s | GFLOPs/token | MFU | peak alloc (GiB) | peak reserved (GiB) | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             ("| case | trainable | optimizer | step (s) | tokens/s | GFLOPs/token | MFU | peak alloc (GiB) | "
+             "above the model (GiB) | peak reserved (GiB) | status |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.get("params") or {}
-        lines.append(f"| {r['case']} | {_f(p.get('trainable'), '{:,}')} | {_f(r.get('step_time_s'), '{:.4f}')} | "
+        lines.append(f"| {r['case']} | {_f(p.get('trainable'), '{:,}')} | {r.get('optimizer') or '—'} | "
+                     f"{_f(r.get('step_time_s'), '{:.4f}')} | "
                      f"{_f(r.get('tokens_per_s'), '{:,.0f}')} | {_f((r.get('flops_per_token') or 0) / 1e9 or None)} | "
                      f"{_f(r.get('mfu'), '{:.1%}')} | {_f(r.get('peak_allocated_gib'), '{:.2f}')} | "
+                     f"{_f(r.get('peak_above_model_gib'), '{:.2f}')} | "
                      f"{_f(r.get('peak_reserved_gib'), '{:.2f}')} | {_status(r)} |")
     return lines + [""]
 
@@ -67,8 +70,10 @@ def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float
 def ablation_lines(rows: list[dict[str, Any]]) -> list[str]:
     c = _by_case(rows)
     pairs = [("gradient checkpointing, LoRA: peak alloc on/off", "gc-lora", "method-lora", "peak_allocated_gib"),
+             ("gradient checkpointing, LoRA: peak above the model on/off", "gc-lora", "method-lora", "peak_above_model_gib"),
              ("gradient checkpointing, LoRA: tokens/s on/off", "gc-lora", "method-lora", "tokens_per_s"),
              ("gradient checkpointing, full: peak alloc on/off", "gc-full", "method-full", "peak_allocated_gib"),
+             ("gradient checkpointing, full: peak above the model on/off", "gc-full", "method-full", "peak_above_model_gib"),
              ("gradient checkpointing, full: tokens/s on/off", "gc-full", "method-full", "tokens_per_s"),
              ("attention, LoRA: tokens/s SDPA / eager", "sdpa-lora", "eager-lora", "tokens_per_s"),
              ("attention, LoRA: peak alloc SDPA / eager", "sdpa-lora", "eager-lora", "peak_allocated_gib"),
