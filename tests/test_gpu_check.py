@@ -156,7 +156,7 @@ def _pinned_wheels(folder: Path) -> list[Path] | None:
 
     found = []
     for name in WHEELS:
-        v = version(name.replace("_", "-").replace("hydra-core", "hydra-core"))
+        v = version(name.replace("_", "-"))
         hits = sorted(folder.glob(f"{name}-{v}-*.whl"))
         if not hits:
             return None
