@@ -73,6 +73,24 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_check(args: argparse.Namespace) -> int:
+    from peftbench.cli.gpu_check import main_args
+
+    return main_args(args)
+
+
+def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
+    from peftbench.cli.gpu_check import add_arguments  # stdlib only at import: --help stays fast
+
+    gc = sub.add_parser("gpu-check", help="LoRA/QLoRA/full/(IA)3/prefix, checkpointing, SDPA, compile, FSDP and "
+                        "framework overhead measured on one CUDA GPU in <= 8 min (--dry-run: on CPU)",
+                        description="Measures peftbench on a CUDA GPU (Llama-3.2-1B shape, bf16-mixed) and writes "
+                        "reports/gpu-<device>/gpu.md + gpu.json; see docs/gpu.md. `bash scripts/gpu-check.sh` "
+                        "installs carried wheels (.whl/) first.")
+    add_arguments(gc)
+    gc.set_defaults(fn=_gpu_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description="Compare parameter-efficient fine-tuning methods fairly. "
                                 "Train with `peftbench-train` (Hydra); inspect and report with these subcommands.")
@@ -128,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="reports/bench-overhead", help="folder for overhead.md / overhead.json")
     be.add_argument("--no-extras", action="store_true", help="skip data-cache, --help start-up and first-step timings")
     be.set_defaults(fn=_bench)
+    _add_gpu_check(sub)
     return p
 
 
