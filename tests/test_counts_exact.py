@@ -477,8 +477,9 @@ def _params(*overrides: str) -> dict:
 
 
 def _roberta_head(d: int) -> int:
-    """RobertaClassificationHead: dense d×d + d, out_proj d×2 + 2 (trains; a base tensor)."""
-    return d * d + d + d * 2 + 2
+    """peftbench's one head design for every family (models/heads.py): dropout + linear d×2 + 2,
+    reading the [CLS] state (RoBERTa's `pooling: cls`); it trains and is a base tensor."""
+    return d * 2 + 2
 
 
 @pytest.mark.parametrize("overrides, layers, d, r, published", [
