@@ -83,6 +83,23 @@ def check_numbers(cfg: DictConfig) -> None:
     devices(opt("trainer.devices"))
 
 
+CURVE_OWNED = ("trainer.val_check_interval", "trainer.check_val_every_n_epoch")
+
+
+def check_curve_schedule(cfg: DictConfig) -> None:
+    """``measure.curve_points`` > 0 sets when Lightning validates during fit (run/trainer.py
+    ``curve_settings``); a validation schedule of the user's own would be silently replaced, so it
+    is refused instead of ignored."""
+    points = OmegaConf.select(cfg, "measure.curve_points") or 0
+    for key in CURVE_OWNED:
+        value = OmegaConf.select(cfg, key)
+        if points > 0 and value is not None:
+            raise ConfigError(
+                f"{key}={value} conflicts with measure.curve_points={points}: the convergence curve sets when "
+                f"validation runs during training. Set measure.curve_points=0 to use your own {key.split('.')[-1]}, "
+                f"or drop {key} to keep the curve", option=key)
+
+
 def check_lengths(cfg: DictConfig, method: Method, ctx: ApplyContext) -> None:
     """Sequence lengths against the model's positions: past them, the position-embedding lookup
     fails with an index error deep inside transformers. Virtual tokens (prompt/prefix methods)
@@ -149,6 +166,7 @@ def make_plan(cfg: DictConfig, out: Path | None = None, load_data: bool = True, 
     from peftbench.results import run_id as config_run_id
 
     check_numbers(cfg)
+    check_curve_schedule(cfg)
     knobs = check_knobs(cfg)
     budget = plan_budget(cfg)
     spec, method, ctx, task, num_labels = plan_method(cfg)

@@ -103,6 +103,13 @@ def _update(metric: torchmetrics.Metric, values: torch.Tensor) -> None:
         metric.update(values)
 
 
+def label_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The logits of the labelled positions: prompt tuning and p-tuning prepend their virtual tokens
+    to the input, so peft returns ``num_virtual_tokens`` more positions than the labels cover (and
+    pads the labels itself for the loss); the labelled ones are the last ``labels.shape[1]``."""
+    return logits[:, logits.shape[1] - labels.shape[1]:]
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the mean cross-entropy over the unmasked labels (0 where there are none) and their
     count; ``logits[:, t]`` predicts ``labels[:, t]`` (shift before calling for a causal LM)."""
@@ -134,7 +141,7 @@ class CausalLM(Task):
 
     def step(self, model, batch):
         out = model(**batch)
-        logits = out.logits[:, :-1]
+        logits = label_logits(out.logits, batch["labels"])[:, :-1]
         target = batch["labels"][:, 1:]
         keep = target != IGNORE
         correct = (logits.argmax(-1) == target)[keep].float()
@@ -145,7 +152,7 @@ class CausalLM(Task):
 
     def evaluate(self, model, batch, metrics):
         out = model(**batch)
-        logits, target = out.logits[:, :-1], batch["labels"][:, 1:]
+        logits, target = label_logits(out.logits, batch["labels"])[:, :-1], batch["labels"][:, 1:]
         keep = target != IGNORE
         correct = (logits.argmax(-1) == target)[keep].float()
         metrics["token_acc"].update(correct, torch.ones_like(correct))
@@ -218,7 +225,7 @@ class ImageText(Task):
     def evaluate(self, model, batch, metrics):
         out = model(**batch)
         loss = out.loss
-        row_loss, tokens = token_losses(out.logits, batch["labels"])  # the decoder shifts internally
+        row_loss, tokens = token_losses(label_logits(out.logits, batch["labels"]), batch["labels"])  # decoder shifts internally
         self.keep_examples(loss=row_loss, tokens=tokens)
         preds = captions(model, self.tok, batch["pixel_values"], self.max_new_tokens)
         refs = [self.tok.decode(r[r != IGNORE], skip_special_tokens=True).strip() for r in batch["labels"]]
