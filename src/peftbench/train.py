@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from peftbench import results
-from peftbench.config.paths import conf_dir
+from peftbench.config.paths import conf_dir, user_config_dirs
 from peftbench.config.plan import make_plan
 from peftbench.errors import ConfigError
 from peftbench.run import record
@@ -80,6 +80,11 @@ def main() -> None:
     from peftbench.run.strategy import patch_lightning_hydra_relaunch, stop_on_signals
 
     quiet()  # known-benign third-party warnings, silenced by message and module (PEFTBENCH_VERBOSE=1: all)
+    try:  # Hydra's search path takes $PEFTBENCH_CONFIG_PATH's folders: refuse a bad one by name, not a traceback
+        user_config_dirs()
+    except ConfigError as e:
+        print(f"peftbench-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
     patch_lightning_hydra_relaunch()
     stop_on_signals()
     status = {"code": 0}

@@ -77,13 +77,15 @@ def quiet(weight_bars: bool = False) -> None:
 
 def plan_line(plan: Any) -> str:
     """One line saying what this run will do, printed before anything loads."""
-    b, cfg = plan.budget, plan.cfg
-    steps = cfg.trainer.get("max_steps", -1)
-    length = f"{steps} steps" if steps and steps > 0 else f"{cfg.trainer.get('max_epochs', 1)} epoch(s)"
-    lr = plan.optim.get("lr")
+    b, tr = plan.budget, plan.cfg.trainer
+    steps, epochs = tr.get("max_steps", -1), tr.get("max_epochs")
+    length = " and ".join(x for x in (f"≤ {steps} steps" if steps and steps > 0 else "",
+                                      f"≤ {epochs} epoch(s)" if epochs and epochs > 0 else "") if x) or "no limit"
+    accum = f" × {b.accumulate_grad_batches} accumulated" if b.accumulate_grad_batches > 1 else ""
+    devices = f" × {b.world_size} devices" if b.world_size > 1 else ""
     return (f"plan: {plan.spec.family} {plan.spec.size} + {plan.method.name} ({plan.method.family}) on "
-            f"{cfg.dataset.name} [{plan.task}], seed {plan.seed} · {length}, batch {b.effective_batch_size} "
-            f"({b.micro_batch_size}×{b.accumulate_grad_batches} accumulation×{b.world_size} devices), lr {lr}, "
+            f"{plan.dataset.get('name')} [{plan.task}], seed {plan.seed} · {length}, batch {b.effective_batch_size}"
+            f"{f' = {b.micro_batch_size}{accum}{devices}' if accum or devices else ''}, lr {plan.optim.get('lr')}, "
             f"{b.precision} · out {plan.out}")
 
 
