@@ -155,3 +155,43 @@ def test_quickstart_first_run_is_quiet_and_warning_free(tmp_path, data_dir):
     assert not shown, [ln for ln in out.splitlines() if any(b in ln for b in shown)]
     assert "plan: minilm l6 + full" in out and "step 2/2" in out and "peftbench run summary" in out
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "ok"
+
+
+def test_quiet_filters_by_message_and_module_only(monkeypatch):
+    """Each benign message is dropped only where its library emits it: the same text from any other
+    module (ours included) still shows, as does any other warning; PEFTBENCH_VERBOSE=1 keeps all."""
+    import logging
+    import warnings
+
+    from peftbench.run import console
+
+    def shown(message: str, category: type[Warning], module: str) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            warnings.simplefilter("always")
+            console.quiet(weight_bars=True)
+            warnings.warn_explicit(message, category, filename=f"{module.replace('.', '/')}.py", lineno=1, module=module)
+        return bool(caught)
+
+    for message, category, module, why in console.BENIGN_WARNINGS:
+        assert why
+        plain_module = module.replace("\\", "").removesuffix("Z")
+        text = message.replace("\\", "")
+        assert not shown(text, category if category is not Warning else UserWarning, plain_module), message
+        assert shown(text, FutureWarning, "peftbench.methods.lora"), message
+    assert shown("something new", FutureWarning, "transformers.modeling_utils")
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    log.addHandler(Keep())
+    log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: no kernels")
+    log.warning("a real problem")
+    assert records == ["a real problem"]
+
+    monkeypatch.setenv("PEFTBENCH_VERBOSE", "1")
+    assert console.verbose()
