@@ -72,14 +72,14 @@ def test_user_config_path_lists_and_composes(tmp_path, monkeypatch):
 
 def test_user_config_path_bad_folder_refused_by_name(tmp_path):
     r = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "list", "datasets"], capture_output=True, text=True,
-                       env=_env(PEFTBENCH_CONFIG_PATH=str(tmp_path / "missing")), timeout=120)
+                       env=_env(PEFTBENCH_CONFIG_PATH=str(tmp_path / "missing")), timeout=600)
     assert r.returncode == 2 and "PEFTBENCH_CONFIG_PATH" in r.stderr and "missing" in r.stderr
 
 
 def test_list_cli_sees_user_datasets(tmp_path):
     conf, _ = _user_conf(tmp_path)
     r = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "list", "datasets"], capture_output=True, text=True,
-                       env=_env(PEFTBENCH_CONFIG_PATH=str(conf)), timeout=120)
+                       env=_env(PEFTBENCH_CONFIG_PATH=str(conf)), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert any(ln.split()[0] == "my_polarity" for ln in r.stdout.splitlines())
 
@@ -94,7 +94,7 @@ def scaffolded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scaffold")
     pkg = tmp / "peftbench-norm-tune-x"
     r = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "new-method", "norm_tune_x", "--out", str(pkg)],
-                       capture_output=True, text=True, env=_env(), timeout=120)
+                       capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "method.py" in r.stdout and "norm_tune_x.yaml" in r.stdout  # the two files to edit
     site = tmp / "site"
@@ -108,7 +108,7 @@ def test_scaffold_is_a_working_plugin(scaffolded):
     pkg, site = scaffolded
     env = _env(PYTHONPATH=str(site))
     listed = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "list", "methods"], capture_output=True,
-                            text=True, env=env, timeout=120)
+                            text=True, env=env, timeout=600)
     assert listed.returncode == 0 and any(ln.split()[0] == "norm_tune_x" for ln in listed.stdout.splitlines())
     r = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "params", "model=bert", "model_size=tiny",
                         "method=norm_tune_x", "--json"], capture_output=True, text=True, env=env, timeout=300)
