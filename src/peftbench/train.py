@@ -14,10 +14,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from peftbench import results
-from peftbench.config.paths import conf_dir
+from peftbench.config.paths import conf_dir, user_config_dirs
 from peftbench.config.plan import make_plan
 from peftbench.errors import ConfigError
 from peftbench.run import record
+from peftbench.run.console import print_plan, quiet
 from peftbench.run.pipeline import execute
 from peftbench.run.stages import run_base_stage
 
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         plan = make_plan(final, out, run_id=rid)  # every refusal before weights load, once
         plan_s = time.perf_counter() - t0
+        print_plan(plan)
         part = execute(plan, t_start=t0)
         part.setdefault("timings", {})["plan_s"] = plan_s
         return part
@@ -77,6 +79,12 @@ def main() -> None:
 
     from peftbench.run.strategy import patch_lightning_hydra_relaunch, stop_on_signals
 
+    quiet()  # known-benign third-party warnings, silenced by message and module (PEFTBENCH_VERBOSE=1: all)
+    try:  # Hydra's search path takes $PEFTBENCH_CONFIG_PATH's folders: refuse a bad one by name, not a traceback
+        user_config_dirs()
+    except ConfigError as e:
+        print(f"peftbench-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
     patch_lightning_hydra_relaunch()
     stop_on_signals()
     status = {"code": 0}

@@ -2,11 +2,15 @@
 
 * default: the adapter as saved by the method. For peft-based methods that is peft's own format
   (``PeftModel.from_pretrained(base, DIR)`` or ``AutoPeftModelFor….from_pretrained(DIR)``); the
-  tokenizer is written beside it and ``base_model_name_or_path`` points at the base the run used
-  (for random-init ``tiny`` models, a copy of that base is written to ``DIR/base_model``).
+  tokenizer is written beside it and ``base_model_name_or_path`` names the base by its hub id, so the
+  adapter loads on any machine (the local copy the run used is recorded in ``peftbench_export.json``,
+  never in peft's config: a path inside one venv breaks everywhere else). A base with no hub id (a
+  random-init ``tiny`` model, a model trained here) is shipped in ``DIR/base_model``.
   Our own methods (houlsby, …) are copied as safetensors + method.json (load with peftbench).
-* ``--merge``: the update folded into the base weights, saved as a plain Hugging Face model
-  (``AutoModelFor….from_pretrained(DIR)``), where the method can merge; a clear refusal otherwise.
+* ``--merge``: a plain Hugging Face model (``AutoModelFor….from_pretrained(DIR)``). A method whose
+  trained model *is* a plain model (full, BitFit, head-only: no parameter beyond the base's) is saved
+  as is; a method that adds parameters is merged with its ``merge()`` where it declares
+  ``supports_merge`` (LoRA family, (IA)³, …); anything else is refused, naming what it adds.
 
 The base is rebuilt from the resolved config stored in results.json (same family, size and
 ``init_seed``), so export needs nothing but the run directory.
@@ -22,6 +26,9 @@ from typing import Any
 
 from peftbench import results
 from peftbench.errors import ConfigError
+
+
+EXPORT_META = "peftbench_export.json"
 
 
 @dataclass
@@ -87,43 +94,86 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, merge: bool =
     out = Path(out) if out else run_dir / ("merged" if merge else "export")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite", option="--out")
-    if merge and not method.supports_merge:
-        raise ConfigError(f"method '{method.name}' ({method.family}) cannot be merged into the base weights "
-                          "(it adds modules or inputs at inference); export without --merge", option="--merge")
     is_peft = isinstance(method, PeftMethod) and (adapter / "adapter_config.json").is_file()
-    out.mkdir(parents=True, exist_ok=True)
-
     if merge:
-        base, tok = _base(cfg, plan, method.load_kwargs(plan.ctx))
-        model = method.load(base, adapter, plan.ctx)
-        model = method.merge(model)
-        model.eval()
-        model.save_pretrained(str(out), safe_serialization=True)
-        _save_tokenizer(tok, out)
-        return ExportResult(out, "merged", sorted(p for p in out.rglob("*") if p.is_file()))
-
+        return _export_merged(rec, cfg, plan, adapter, out)
+    out.mkdir(parents=True, exist_ok=True)
     for f in adapter.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
     if not is_peft:
         (out / "run_config.json").write_text(json.dumps(rec["config"], indent=2, sort_keys=True))
-        return ExportResult(out, "peftbench", sorted(p for p in out.rglob("*") if p.is_file()))
+        _write_metadata(out, rec, plan, "peftbench")
+        return ExportResult(out, "peftbench", _files(out))
 
     # the plain base (no 4-bit load kwargs): users quantize when they load, as with any checkpoint
     base, tok = _base(cfg, plan)
     _save_tokenizer(tok, out)
-    if plan.spec.from_config:
-        # A random-init base exists only in peftbench's cache: ship it so plain peft can load.
+    hub_id = base_hub_id(plan)
+    if hub_id is None:  # no name that resolves elsewhere: ship the base beside the adapter
         base.save_pretrained(str(out / "base_model"), safe_serialization=True)
         _save_tokenizer(tok, out / "base_model")
         base_ref = str((out / "base_model").resolve())
     else:
-        base_ref = str(plan.spec.local_dir or plan.spec.checkpoint)
+        base_ref = hub_id
     acfg_path = out / "adapter_config.json"
     acfg = json.loads(acfg_path.read_text())
     acfg["base_model_name_or_path"] = base_ref
     acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
-    return ExportResult(out, "peft", sorted(p for p in out.rglob("*") if p.is_file()))
+    _write_metadata(out, rec, plan, "peft")
+    return ExportResult(out, "peft", _files(out))
+
+
+def base_hub_id(plan) -> str | None:
+    """The base model's hub id, or None where it has none: built from config, a user's ``model.path``
+    (a two-stage run's base, a local checkpoint), or a size whose "checkpoint" is itself a path."""
+    spec = plan.spec
+    if spec.from_config or plan.cfg.model.get("path") or not spec.checkpoint:
+        return None
+    ckpt = str(spec.checkpoint)
+    if ckpt.startswith(("/", ".", "~")) or Path(ckpt).expanduser().exists():
+        return None
+    return ckpt
+
+
+def _export_merged(rec: dict[str, Any], cfg, plan, adapter: Path, out: Path) -> ExportResult:
+    """A plain HF model: saved as is where the trained model adds nothing to the base, merged where the
+    method folds what it adds into the base weights, refused (with what it adds) otherwise."""
+    from peftbench.measure import params as pm
+
+    method = plan.method
+    base, tok = _base(cfg, plan, method.load_kwargs(plan.ctx))
+    base_names = pm.base_param_names(base)
+    model = method.load(base, adapter, plan.ctx)
+    added = sorted(n for n, _ in model.named_parameters() if pm.normalize_name(n) not in base_names)
+    if added and not method.supports_merge:
+        n_added = sum(p.numel() for n, p in model.named_parameters() if pm.normalize_name(n) not in base_names)
+        raise ConfigError(f"method '{method.name}' ({method.family}) cannot be merged into the base weights: it adds "
+                          f"{n_added:,} parameters outside them (e.g. {added[0]}) and has no merge that folds them in "
+                          "(supports_merge is false); export without --merge", option="--merge")
+    if added or method.supports_merge:
+        model = method.merge(model)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    _save_tokenizer(tok, out)
+    _write_metadata(out, rec, plan, "merged")
+    return ExportResult(out, "merged", _files(out))
+
+
+def _write_metadata(out: Path, rec: dict[str, Any], plan, kind: str) -> None:
+    """``peftbench_export.json``: where the export came from, including the local base copy the run
+    used (machine-specific, so kept out of peft's adapter_config.json)."""
+    spec = plan.spec
+    meta = {"kind": kind, "run_id": rec.get("run_id"), "method": {"name": plan.method.name, "family": plan.method.family},
+            "base_model": {"family": spec.family, "size": spec.size, "hub_id": base_hub_id(plan),
+                           "local_path": str(spec.local_dir) if spec.local_dir else None,
+                           "from_config": spec.from_config}}
+    (out / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file())
 
 
 def _save_tokenizer(tok, out: Path) -> None:

@@ -91,6 +91,28 @@ def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
     gc.set_defaults(fn=_gpu_check)
 
 
+def _new_method(args: argparse.Namespace) -> int:
+    from peftbench.cli.scaffold import scaffold
+
+    files = scaffold(args.name, args.out)
+    root = files[0].parent
+    pkg = f"peftbench_{args.name}"
+    print(f"wrote a plugin package for method '{args.name}' into {root}/ ({len(files)} files). Edit two:\n"
+          f"  {root}/src/{pkg}/method.py\n  {root}/src/{pkg}/conf/method/{args.name}.yaml\n"
+          f"then: pip install -e {root}  →  peftbench-train method={args.name} …  ·  pytest {root}/tests")
+    return 0
+
+
+def _add_new_method(sub) -> None:
+    nm = sub.add_parser("new-method", help="scaffold a plugin package for a new method (two files to edit)",
+                        description="Write a complete, installable plugin package: the method module and its yaml "
+                        "(the two files you edit), the entry point, the Hydra search-path plugin, and a test that "
+                        "runs peftbench's conformance suite on it.")
+    nm.add_argument("name", help="the method's name, as in method=NAME (lower case, digits, _)")
+    nm.add_argument("--out", help="folder to write (default: ./peftbench-NAME)")
+    nm.set_defaults(fn=_new_method)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description="Compare parameter-efficient fine-tuning methods fairly. "
                                 "Train with `peftbench-train` (Hydra); inspect and report with these subcommands.")
@@ -115,14 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Export a finished run. Without --merge: the adapter in peft's format "
                         "(loadable with PeftModel.from_pretrained) plus tokenizer; our own methods are copied "
                         "as safetensors + method.json. With --merge: the update folded into the base weights, "
-                        "saved with save_pretrained (+ tokenizer), where the method supports merging.")
+                        "saved with save_pretrained (+ tokenizer): full, BitFit and head-only runs are saved as they are "
+                        "(nothing to fold), LoRA-family and (IA)³ runs merged; methods that add what cannot be folded "
+                        "are refused. Exported adapters name the base by its hub id (the local copy: peftbench_export.json).")
     ex.add_argument("run_dir", help="a run's output folder (holds results.json and adapter/)")
     ex.add_argument("--out", help="output folder (default: <run_dir>/export or <run_dir>/merged)")
-    ex.add_argument("--merge", action="store_true", help="fold the update into the base and save a plain HF model")
+    ex.add_argument("--merge", action="store_true", help="save a plain HF model (the update folded into the base weights)")
     ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     ex.add_argument("--trust-remote-code", action="store_true",
                     help="let the model's own code run (never taken from results.json, which anyone could have written)")
     ex.set_defaults(fn=_export)
+
+    _add_new_method(sub)
 
     from peftbench.run.allocator import MODES  # ctypes + platform only: --help stays fast
 
@@ -151,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from peftbench.run.console import quiet
+
     args = build_parser().parse_args(argv)
+    quiet(weight_bars=True)  # known-benign warnings only; nothing heavy is imported (report stays torch-free)
     try:
         code = args.fn(args)
     except BrokenPipeError:  # `peftbench list | head`: the reader left; not an error

@@ -22,6 +22,28 @@ def conf_dir() -> Path:
     raise FileNotFoundError("peftbench conf/ not found: set PEFTBENCH_CONF_DIR")
 
 
+CONFIG_PATH_ENV = "PEFTBENCH_CONFIG_PATH"
+
+
+def user_config_dirs() -> list[Path]:
+    """The user's config folders, ``$PEFTBENCH_CONFIG_PATH`` (``os.pathsep``-separated), each laid out
+    like conf/ (``dataset/x.yaml``). Hydra searches them after conf/ (hydra_plugins/peftbench_config_path)."""
+    dirs = []
+    for part in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep):
+        if not part.strip():
+            continue
+        d = Path(part.strip()).expanduser().resolve()
+        if not d.is_dir():
+            raise ConfigError(f"{CONFIG_PATH_ENV} names {part!r}, which is not a folder", option=CONFIG_PATH_ENV)
+        dirs.append(d)
+    return dirs
+
+
+def config_dirs() -> list[Path]:
+    """conf/ first, then the user's folders: where a config group's yaml files are looked up."""
+    return [conf_dir(), *user_config_dirs()]
+
+
 def data_root(cfg_data_dir: str | None) -> Path | None:
     """The local dataset root. ``paths.data_dir`` defaults to ``$PEFTBENCH_DATA_DIR`` (an
     interpolation in conf/paths), so an explicit ``paths.data_dir=…`` wins, as in any Hydra option;
@@ -40,8 +62,9 @@ def dataset_config(name: str, option: str = "forgetting.dataset") -> dict[str, A
     """A dataset config by name, read from conf/dataset/<name>.yaml (for sets outside the run's group)."""
     from omegaconf import OmegaConf
 
-    path = conf_dir() / "dataset" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    found = [d / "dataset" / f"{name}.yaml" for d in config_dirs() if (d / "dataset" / f"{name}.yaml").is_file()]
+    if not found:
+        known = sorted({p.stem for d in config_dirs() for p in (d / "dataset").glob("*.yaml")})
         raise ConfigError(f"unknown dataset '{name}'; known: {known}", option=option)
+    path = found[0]
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)

