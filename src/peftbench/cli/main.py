@@ -113,6 +113,23 @@ def _add_new_method(sub) -> None:
     nm.set_defaults(fn=_new_method)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="a run's adapter in peft's format, or (--merge) a merged plain HF model",
+                        description="Export a finished run. Without --merge: the adapter in peft's format "
+                        "(loadable with PeftModel.from_pretrained) plus tokenizer; our own methods are copied "
+                        "as safetensors + method.json. With --merge: the update folded into the base weights, "
+                        "saved with save_pretrained (+ tokenizer): full, BitFit and head-only runs are saved as they are "
+                        "(nothing to fold), LoRA-family and (IA)³ runs merged; methods that add what cannot be folded "
+                        "are refused. Exported adapters name the base by its hub id (the local copy: peftbench_export.json).")
+    ex.add_argument("run_dir", help="a run's output folder (holds results.json and adapter/)")
+    ex.add_argument("--out", help="output folder (default: <run_dir>/export or <run_dir>/merged)")
+    ex.add_argument("--merge", action="store_true", help="save a plain HF model (the update folded into the base weights)")
+    ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    ex.add_argument("--trust-remote-code", action="store_true",
+                    help="let the model's own code run (never taken from results.json, which anyone could have written)")
+    ex.set_defaults(fn=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description="Compare parameter-efficient fine-tuning methods fairly. "
                                 "Train with `peftbench-train` (Hydra); inspect and report with these subcommands.")
@@ -133,20 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "experiments"],
                     help="what to list (default: all four); use a name with peftbench-train, e.g. method=lora")
     li.set_defaults(fn=_list)
-    ex = sub.add_parser("export", help="a run's adapter in peft's format, or (--merge) a merged plain HF model",
-                        description="Export a finished run. Without --merge: the adapter in peft's format "
-                        "(loadable with PeftModel.from_pretrained) plus tokenizer; our own methods are copied "
-                        "as safetensors + method.json. With --merge: the update folded into the base weights, "
-                        "saved with save_pretrained (+ tokenizer): full, BitFit and head-only runs are saved as they are "
-                        "(nothing to fold), LoRA-family and (IA)³ runs merged; methods that add what cannot be folded "
-                        "are refused. Exported adapters name the base by its hub id (the local copy: peftbench_export.json).")
-    ex.add_argument("run_dir", help="a run's output folder (holds results.json and adapter/)")
-    ex.add_argument("--out", help="output folder (default: <run_dir>/export or <run_dir>/merged)")
-    ex.add_argument("--merge", action="store_true", help="save a plain HF model (the update folded into the base weights)")
-    ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    ex.add_argument("--trust-remote-code", action="store_true",
-                    help="let the model's own code run (never taken from results.json, which anyone could have written)")
-    ex.set_defaults(fn=_export)
+    _add_export(sub)
 
     _add_new_method(sub)
 
