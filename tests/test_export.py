@@ -187,24 +187,23 @@ def test_merge_exports_methods_whose_result_is_a_plain_model(method, tmp_path, d
     assert json.loads((res.out / EXPORT_META).read_text())["method"]["name"] == method
 
 
-_LOAD_PLAIN = r"""
+_LOAD_EXPORTED = r"""
 import json, sys, torch
 from pathlib import Path
-from peft import PeftModel
-from transformers import AutoModelForSequenceClassification
+from peftbench.models.heads import load_exported
 adapter, hub_map, ids = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 acfg = json.loads((adapter / "adapter_config.json").read_text())
-base = AutoModelForSequenceClassification.from_pretrained(hub_map[acfg["base_model_name_or_path"]], num_labels=2)
-model = PeftModel.from_pretrained(base, str(adapter)).eval()
+model = load_exported(str(adapter), base=hub_map[acfg["base_model_name_or_path"]])
 with torch.no_grad():
     print(json.dumps(model(input_ids=torch.tensor(ids)).logits.tolist()))
 """
 
 
 def test_exported_adapter_names_the_hub_id_and_loads_from_anywhere(tmp_path, data_dir):
-    """A LoRA adapter on real MiniLM weights, copied away from this checkout and venv, loads with plain
-    transformers + peft in a process without peftbench: the base is found through its hub id (mapped
-    here to the local copy, as a hub download would), the venv path is only in peftbench_export.json."""
+    """A LoRA adapter on real MiniLM weights, copied away from the run, loads in a fresh process: the
+    base is found through its hub id (mapped here to the local copy, as a hub download would), the venv
+    path is only in peftbench_export.json. MiniLM's head reads the mean (stock transformers would read
+    [CLS]), so it loads with ``load_exported``, not plain ``PeftModel``."""
     import importlib.util
     import shutil
 
@@ -225,12 +224,91 @@ def test_exported_adapter_names_the_hub_id_and_loads_from_anywhere(tmp_path, dat
     elsewhere = tmp_path / "shared" / "my-adapter"
     shutil.copytree(res.out, elsewhere)
     ids = [[101, 2023, 3185, 2001, 2307, 102]]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # plain peft: no peftbench on the path
-    p = subprocess.run([sys.executable, "-c", _LOAD_PLAIN, str(elsewhere), json.dumps({hub_id: local}), json.dumps(ids)],
-                       capture_output=True, text=True, cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    p = subprocess.run([sys.executable, "-c", _LOAD_EXPORTED, str(elsewhere), json.dumps({hub_id: local}), json.dumps(ids)],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     cfg, plan = _plan(rec)
     model = plan.method.load(_base(cfg, plan)[0], run_dir / "adapter", plan.ctx).eval()
     with torch.no_grad():
         ref = model(input_ids=torch.tensor(ids)).logits
     torch.testing.assert_close(torch.tensor(json.loads(p.stdout)), ref, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mean_run(tmp_path_factory):
+    """A tiny MiniLM-shaped (BERT) model whose head reads the mask-weighted mean, LoRA, 2 steps."""
+    if not Path(os.environ.get("PEFTBENCH_DATA_DIR", "/nonexistent")).is_dir():
+        pytest.skip("no local data dir (../shared/data or PEFTBENCH_DATA_DIR)")
+    out = tmp_path_factory.mktemp("mean_run")
+    rec = _train(out, "model=minilm", "method=lora", "trainer.max_steps=2", "dataset.train_limit=16",
+                 "dataset.val_limit=8")
+    assert rec["config"]["model"]["pooling"] == "mean"
+    return out, rec
+
+
+def _padded_batch(folder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    # different lengths: padding that the mean must skip (HF's [CLS] head would not care)
+    return dict(tok(["a gripping, funny film", "dull, and far too long for what little it has to say"],
+                    return_tensors="pt", padding=True))
+
+
+def _run_logits(run_dir, rec, batch):
+    from peftbench.cli.export import _base, _plan
+
+    cfg, plan = _plan(rec)
+    model = plan.method.load(_base(cfg, plan)[0], run_dir / "adapter", plan.ctx).eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
+def test_mean_pooled_export_loads_with_load_exported_and_warns(mean_run, tmp_path, capsys, merge):
+    """Stock AutoModelForSequenceClassification reads BERT's [CLS] pooler, not the run's mean: the export
+    says so (stderr, README.md, peftbench_export.json) and ``load_exported`` gives the run's logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftbench.cli.export import EXPORT_META, export_run
+    from peftbench.models.heads import load_exported
+
+    run_dir, rec = mean_run
+    res = export_run(run_dir, tmp_path / "out", merge=merge)
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "'mean' pooling" in err and "will NOT reproduce" in err and "load_exported" in err
+    head = json.loads((res.out / EXPORT_META).read_text())["head"]
+    assert head == {"pooling": "mean", "module": "classifier", "num_labels": 2, "stock_loading_reproduces": False}
+    assert "load_exported" in (res.out / "README.md").read_text()
+    batch = _padded_batch(res.out)
+    ref = _run_logits(run_dir, rec, batch)
+    model = load_exported(str(res.out))  # a fresh model object, built from the folder alone
+    with torch.no_grad():
+        got = model(**batch).logits
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    if not merge:  # the trained adapter is loaded, not just the base: without it the logits differ
+        with torch.no_grad(), model.disable_adapter():
+            assert (model(**batch).logits - ref).abs().max() > 1e-4
+    if merge:  # the silent failure this guards against: stock loading gives other logits
+        with torch.no_grad():
+            stock = AutoModelForSequenceClassification.from_pretrained(str(res.out)).eval()(**batch).logits
+        assert (stock - ref).abs().max() > 1e-3
+
+
+def test_cls_pooler_export_needs_no_warning(lora_run, tmp_path, capsys):
+    """BERT's pooler is HF's own head: stock loading reproduces the run, nothing to warn about."""
+    from peftbench.cli.export import EXPORT_META, export_run
+
+    run_dir, _ = lora_run
+    res = export_run(run_dir, tmp_path / "out")
+    assert "WARNING" not in capsys.readouterr().err
+    assert json.loads((res.out / EXPORT_META).read_text())["head"]["stock_loading_reproduces"] is True
+    assert "PeftModel.from_pretrained" in (res.out / "README.md").read_text()
+
+
+def test_stock_reproduces_only_hf_own_heads():
+    from peftbench.models.heads import stock_reproduces
+
+    assert stock_reproduces("cls_pooler") and stock_reproduces("last_token") and stock_reproduces(None)
+    assert not stock_reproduces("mean") and not stock_reproduces("cls")

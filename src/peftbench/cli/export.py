@@ -14,12 +14,18 @@
 
 The base is rebuilt from the resolved config stored in results.json (same family, size and
 ``init_seed``), so export needs nothing but the run directory.
+
+A classification head that pools what stock transformers does not (``mean``: MiniLM, MPNet; ``cls``
+with peftbench's single linear: RoBERTa) loads with the stock classes *silently wrong* (HF reads its
+[CLS] pooler / 2-layer head there). Such exports record the pooling in ``peftbench_export.json``,
+say in ``README.md`` to load with ``peftbench.models.heads.load_exported(DIR)``, and warn on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,13 +169,52 @@ def _export_merged(rec: dict[str, Any], cfg, plan, adapter: Path, out: Path) -> 
 
 def _write_metadata(out: Path, rec: dict[str, Any], plan, kind: str) -> None:
     """``peftbench_export.json``: where the export came from, including the local base copy the run
-    used (machine-specific, so kept out of peft's adapter_config.json)."""
+    used (machine-specific, so kept out of peft's adapter_config.json), and the head's pooling."""
+    from peftbench.models.heads import stock_reproduces
+
     spec = plan.spec
     meta = {"kind": kind, "run_id": rec.get("run_id"), "method": {"name": plan.method.name, "family": plan.method.family},
             "base_model": {"family": spec.family, "size": spec.size, "hub_id": base_hub_id(plan),
                            "local_path": str(spec.local_dir) if spec.local_dir else None,
                            "from_config": spec.from_config}}
+    pooling = spec.pooling if plan.task == "classification" else None
+    if pooling is not None:
+        meta["head"] = {"pooling": pooling, "module": spec.head_modules["classification"][0],
+                        "num_labels": int(plan.num_labels), "stock_loading_reproduces": stock_reproduces(pooling)}
     (out / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    _write_readme(out, kind, pooling)
+
+
+_STOCK = {"peft": "PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE), DIR)\n"
+                  "  (BASE: `base_model_name_or_path` in adapter_config.json)",
+          "merged": "AutoModelForSequenceClassification.from_pretrained(DIR)  (AutoModelFor<task> for other tasks)"}
+
+
+def _write_readme(out: Path, kind: str, pooling: str | None) -> None:
+    """How to load the folder; where stock loading gives other logits than the run, a warning on stderr too."""
+    from peftbench.models.heads import stock_reproduces
+
+    lines = [f"# peftbench export ({kind})", ""]
+    if kind == "peftbench":
+        lines += ["peftbench's own method: load with peftbench, `Method.load(base, DIR, ctx)` (method.json names it;",
+                  "run_config.json is the run's resolved config)."]
+    elif pooling is not None and not stock_reproduces(pooling):
+        warning = (f"the classification head reads '{pooling}' pooling: stock AutoModelForSequenceClassification"
+                   f"{' / PeftModel.from_pretrained' if kind == 'peft' else ''} will NOT reproduce the run's logits "
+                   "(it reads [CLS] through Hugging Face's own head). Load it with "
+                   f"`from peftbench.models.heads import load_exported; model = load_exported({str(out)!r})`")
+        print(f"WARNING: {warning}", file=sys.stderr)
+        lines += ["WARNING: " + warning.replace(repr(str(out)), '"DIR"') + ".", "",
+                  "```python", "from peftbench.models.heads import load_exported",
+                  'model = load_exported("DIR")  # stock model + peftbench\'s pooling head, eval mode',
+                  "# an adapter whose base hub id is not reachable: load_exported(\"DIR\", base=\"/local/copy\")",
+                  "```", "", "Needs transformers, peft and peftbench."]
+    else:
+        lines += ["Stock transformers reproduces the run's logits:", "", "    " + _STOCK[kind], "",
+                  "(`peftbench.models.heads.load_exported(DIR)` works as well.)" if pooling else ""]
+        if pooling == "last_token":
+            lines += ["A decoder reads its last non-pad token: keep `pad_token_id` set (the tokenizer's) for batches."]
+    (out / "README.md").write_text("\n".join(lines).rstrip() + "\n")
 
 
 def _files(out: Path) -> list[Path]:

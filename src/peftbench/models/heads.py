@@ -134,3 +134,45 @@ def init_head(linear: nn.Linear, seed: int, std: float) -> None:
         linear.weight.copy_(torch.normal(0.0, std, tuple(linear.weight.shape), generator=g))
         if linear.bias is not None:
             linear.bias.zero_()
+
+
+def stock_reproduces(pooling: str | None) -> bool:
+    """Whether stock ``AutoModelForSequenceClassification`` computes what peftbench's head computes:
+    yes for BERT's pooler (HF's own head, only re-drawn) and for decoders (HF's ``score`` on the last
+    non-pad token); no for ``mean`` and ``cls`` (HF reads its [CLS] pooler or a 2-layer MLP there)."""
+    return pooling in (None, "cls_pooler", "last_token")
+
+
+def load_exported(path: str, base: str | None = None, **kwargs: Any) -> nn.Module:
+    """Open a ``peftbench export`` folder (classification) with the head the run trained: stock
+    ``AutoModelForSequenceClassification`` (+ ``PeftModel`` for an adapter), then peftbench's pooling
+    re-applied, so the logits are the run's. Needs only transformers, peft and peftbench.
+
+    ``base`` overrides where an adapter's base model is read from (a local copy of its hub id);
+    ``kwargs`` go to ``from_pretrained`` (``torch_dtype``, ``device_map``, …)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(path)
+    meta_path = folder / "peftbench_export.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{folder} has no peftbench_export.json: not a `peftbench export` folder", option="path")
+    meta = json.loads(meta_path.read_text())
+    head = meta.get("head") or {}
+    if meta.get("kind") not in ("merged", "peft") or not head.get("pooling"):
+        raise ConfigError(f"{folder}: a '{meta.get('kind')}' export without a classification head; load it as its "
+                          "README.md says", option="path")
+    if meta["kind"] == "merged":
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+        return install_head(model, head["pooling"], head["module"], seed=None).eval()
+    from peft import PeftModel
+
+    if base is None:
+        shipped = folder / "base_model"
+        base = str(shipped) if shipped.is_dir() else \
+            json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=int(head["num_labels"]), **kwargs)
+    install_head(model, head["pooling"], head["module"], seed=None)
+    return PeftModel.from_pretrained(model, str(folder)).eval()
