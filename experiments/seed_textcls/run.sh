@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Seed study 2: text classification as instruction SFT on SmolLM2-135M-Instruct (LoRA), THUCNews
-# (10 Chinese news topics) and SST-2; accuracy from generated labels, before (zero-shot) and after.
-# Writes reports/seed_textcls/.
+# Seed study 2: text classification as instruction SFT on SmolLM2-135M-Instruct (LoRA), SST-2 and
+# THUCNews (10 Chinese news topics); accuracy from generated labels, before (zero-shot) and after.
+# Each finished run's record lands in reports/seed_textcls/runs/ (a rerun skips finished runs);
+# the report is generated from those records alone. SEEDS=1,2,3 for the multi-seed edition.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PEFTBENCH_DATA_DIR=${PEFTBENCH_DATA_DIR:-../shared/data}
-for d in thucnews sst2; do peftbench-train experiment=seed_textcls_$d hydra.run.dir=outputs/seed_textcls/$d; done
-peftbench report outputs/seed_textcls --out reports/seed_textcls
+for d in sst2 thucnews; do
+  peftbench-train -m experiment=seed_textcls_$d seed="${SEEDS:-1}" hydra.sweep.dir=reports/seed_textcls/runs
+done
+peftbench report reports/seed_textcls/runs --out reports/seed_textcls
