@@ -57,6 +57,8 @@ class Task:
     seeds: tuple[int, ...] | None = None
     # None: the grid's lr grid (not part of the hash: cells key the run records)
     lrs: dict[str, list[float]] | None = field(default=None, hash=False, compare=False)
+    cost: float = field(default=1.0, hash=False, compare=False)  # relative run time: balances --jobs workers
+    splits: str = field(default="", hash=False, compare=False)  # which split selects, which is reported
 
     def own_methods(self, methods: list[str]) -> list[str]:
         """The grid's available methods this task runs."""
@@ -87,7 +89,7 @@ class Grid:
 
 
 GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks"}
-TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs"}
+TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs", "cost", "splits"}
 
 
 def grid_dir() -> Path:
@@ -113,7 +115,8 @@ def _task(raw: dict[str, Any], where: str) -> Task:
     models = tuple((str(fam), str(size)) for fam, sizes in raw["models"].items() for size in sizes)
     own = {k: tuple(raw[k]) for k in ("methods", "seeds") if raw.get(k) is not None}
     return Task(str(raw["name"]), tuple(str(o) for o in raw["overrides"]), raw["select"], raw["report"], models,
-                lrs=_lrs(raw["lrs"]) if raw.get("lrs") else None, **own)
+                lrs=_lrs(raw["lrs"]) if raw.get("lrs") else None, cost=float(raw.get("cost", 1.0)),
+                splits=str(raw.get("splits") or ""), **own)
 
 
 def load_grid(path: Path) -> Grid:
@@ -158,7 +161,7 @@ class Cell:
     def overrides(self, grid: Grid, shared: Path | None = None) -> list[str]:
         own = []
         if self.model == "gpt2_local" and self.size in grid.pretrain and shared is not None:
-            own = [f"model.sizes.{self.size}.local={pretrained_dir(grid, self.size, shared).resolve()}"]
+            own = [f"model.sizes.{self.size}.local={portable(pretrained_dir(grid, self.size, shared))}"]
         return [*grid.common, f"model={self.model}", f"model_size={self.size}", f"method={self.method}",
                 *self.task.overrides, *own, f"optim.lr={self.lr}", f"seed={self.seed}"]
 
@@ -204,8 +207,18 @@ def pretrained_dir(grid: Grid, size: str, shared: Path) -> Path:
     return shared / f"gpt2_local-{size}-{grid.pretrain[size]}steps"
 
 
+def portable(path: Path) -> str:
+    """A path inside the working directory stays relative: it enters the run id, and a benchmark
+    resumed from another clone (another absolute path) must find its finished runs."""
+    p = path.resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def pretrain_overrides(grid: Grid, size: str, shared: Path | None = None) -> list[str]:
-    own = [f"save_model={pretrained_dir(grid, size, shared).resolve()}"] if shared is not None else []
+    own = [f"save_model={portable(pretrained_dir(grid, size, shared))}"] if shared is not None else []
     return [*grid.common, "experiment=pretrain_gpt2_local", f"model_size={size}",
             f"trainer.max_steps={grid.pretrain[size]}", *own]
 
@@ -267,21 +280,46 @@ def edge_extensions(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[Cel
     return out
 
 
-def _pretrain_ladder(grid: Grid, root: Path, shared: Path) -> dict[str, dict[str, Any]]:
-    """The gpt2_local sizes the grid pretrains from scratch, before any cell fine-tunes them."""
+def ladder_sizes(grid: Grid) -> list[str]:
+    """The ladder sizes some task of ``grid`` fine-tunes (--only without the ladder's task: none)."""
+    used = {size for t in grid.tasks for fam, size in t.models if fam == "gpt2_local"}
+    return [s for s in grid.pretrain if s in used]
+
+
+def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) -> dict[str, dict[str, Any]]:
+    """The gpt2_local sizes the grid pretrains from scratch, before any cell fine-tunes them. The
+    record goes beside the cells' (``<runs>/pretrain/``, committed with them); the weights go to
+    ``shared`` (never committed). A clone that has the record but not the weights pretrains again into
+    a scratch folder (same config and seed) and says whether the rebuild matches the record."""
     pre: dict[str, dict[str, Any]] = {}
-    for size in grid.pretrain:
-        out = root.parent / "pretrain" / pretrained_dir(grid, size, shared).name
+    for size in ladder_sizes(grid):
+        weights = pretrained_dir(grid, size, shared)
+        out = runs / "pretrain" / weights.name
         rec = _run(pretrain_overrides(grid, size, shared), out)
+        if rec.get("skipped") and rec.get("status") == "ok" and not (weights / "config.json").exists():
+            log.warning("%s: pretrained weights missing; pretraining again to rebuild them", weights)
+            again = _run(pretrain_overrides(grid, size, shared), shared.parent / "pretrain-rebuild" / weights.name)
+            ppl, was = (again.get("metrics") or {}).get("val/ppl"), (rec.get("metrics") or {}).get("val/ppl")
+            if ppl is None or was is None or abs(ppl - was) > 1e-3 * abs(was):
+                log.warning("%s: the rebuilt weights reach val/ppl %s, the committed record %s: cells run now "
+                            "fine-tune a different model than the committed ones did", weights, ppl, was)
+        elif on_done is not None:
+            on_done(out, rec)
         pre[size] = {"dir": str(out), "status": rec["status"], "run_id": rec["run_id"], "metrics": rec.get("metrics")}
     return pre
 
 
+Keep = Any  # Callable[[Cell], bool]: the groups this process runs (a --shard worker's share)
+
+
 def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int = 1,
-               extensions: list[dict[str, Any]] | None = None) -> dict[Cell, dict[str, Any]]:
-    """Phase 1 (the lr grid on the first seed); up to ``extend`` rounds that add one lr beyond the
-    edge a group selected (listed in ``extensions``, for the manifest); then phase 2 (the other seeds
-    at the selected lr)."""
+               extensions: list[dict[str, Any]] | None = None, keep: Keep = None,
+               on_done: Any = None) -> dict[Cell, dict[str, Any]]:
+    """Task by task, in grid order: phase 1 (the lr grid on the first seed); up to ``extend`` rounds
+    that add one lr beyond the edge a group selected (listed in ``extensions``, for the manifest);
+    then phase 2 (the other seeds at the selected lr). A task's table is complete before the next
+    task starts, so a stopped benchmark leaves whole tables behind. ``on_done(folder, record)`` is
+    called after each run that ran (not for skipped ones): the --commit hook."""
     extensions = [] if extensions is None else extensions
     records: dict[Cell, dict[str, Any]] = {}
 
@@ -290,20 +328,67 @@ def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend:
         records[c] = rec
         log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
                                                             if k in (c.task.select, c.task.report)})
+        if on_done is not None and not rec.get("skipped"):
+            on_done(runs / c.rel_dir(), rec)
 
-    phase1 = list(cells(grid, methods))
-    for c in phase1:
-        run_cell(c)
-    for step in range(extend):  # bounded: each round adds at most one lr per edge-selected group
-        more = [c for c in edge_extensions(grid, records) if c not in records]
-        for c in more:
+    for task in grid.tasks:
+        one = dataclasses.replace(grid, tasks=[task])
+        phase1 = [c for c in cells(one, methods) if keep is None or keep(c)]
+        if not phase1:
+            continue
+        mine: dict[Cell, dict[str, Any]] = {}
+        for c in phase1:
             run_cell(c)
-            extensions.append({"round": step + 1, "task": c.task.name, "model": c.model, "size": c.size,
-                               "method": c.method, "added_lr": c.lr, "run": c.rel_dir()})
-        phase1 += more
-    for c in list(seed_cells(select(grid, records), phase1, grid)):
-        run_cell(c)
+            mine[c] = records[c]
+        for step in range(extend):  # bounded: each round adds at most one lr per edge-selected group
+            more = [c for c in edge_extensions(one, mine) if c not in mine]
+            for c in more:
+                run_cell(c)
+                mine[c] = records[c]
+                extensions.append({"round": step + 1, "task": c.task.name, "model": c.model, "size": c.size,
+                                   "method": c.method, "added_lr": c.lr, "run": c.rel_dir()})
+            phase1 += more
+        for c in list(seed_cells(select(one, mine), phase1, one)):
+            run_cell(c)
     return records
+
+
+def shard_of(grid: Grid, methods: list[str], k: int, n: int) -> set[tuple[str, str, str, str]]:
+    """Worker ``k`` of ``n``'s groups: whole groups (a group's selection and seeds stay in one
+    process), dealt longest-first to the least-loaded worker by the tasks' ``cost`` × lr-grid size."""
+    load = [0.0] * n
+    share: list[set[tuple[str, str, str, str]]] = [set() for _ in range(n)]
+    groups: dict[tuple[str, str, str, str], float] = {}
+    for c in cells(grid, methods):
+        groups[c.group] = groups.get(c.group, 0.0) + c.task.cost * (2.0 if c.method == "full" else 1.0)
+    for g, cost in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])):
+        i = min(range(n), key=lambda j: (load[j], j))
+        load[i] += cost
+        share[i].add(g)
+    return share[k]
+
+
+def commit_record(folder: Path, message: str) -> None:
+    """``git commit`` one finished run's folder (reports/.gitignore keeps weights and logs out), so a
+    stopped benchmark loses nothing. Several workers may commit at once: a held index lock is retried."""
+    import subprocess
+
+    for attempt in range(8):
+        add = subprocess.run(["git", "add", "-A", "--", str(folder)], capture_output=True, text=True)
+        err = add.stderr
+        if add.returncode == 0:
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(folder)]).returncode == 0:
+                return  # nothing new under the folder
+            done = subprocess.run(["git", "commit", "-q", "--no-verify", "-m", message, "--", str(folder)],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            err = done.stderr
+        if "index.lock" not in err:
+            log.warning("--commit: git could not commit %s: %s", folder, err.strip()[-300:])
+            return
+        time.sleep(0.5 + attempt)
+    log.warning("--commit: the git index stayed locked; %s is not committed (it stays on disk)", folder)
 
 
 def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[str], pre: dict[str, Any],
@@ -328,8 +413,8 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
                    "seeds": grid.seeds_of(t), "overrides": list(t.overrides)} for t in grid.tasks],
         "lr_grid": {m: grid.lr_grid(m) for m in methods},
         "lr_grid_per_task": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.lrs for t in grid.tasks if t.lrs},
-        "splits": {"sst2": "select on val/* = dev.tsv subset; report test/* = validation.tsv (GLUE dev, 872)",
-                   "lm/sft": "select and report on the held-out val_fraction tail (no third split)"},
+        "splits": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.splits or f"select {t.select}, report {t.report}"
+                   for t in grid.tasks},
         "pretrain": pre, "selection": selection, "lr_grid_extensions": list(extensions or []),
         "extend_edges": extend,
         "runs_dir": str(runs),
@@ -360,20 +445,55 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
     (report_dir / "README.md").write_text(readme_markdown(manifest))
 
 
-def run_grid(grid: Grid, root: Path, report_dir: Path | None, command: str, extend: int = 1) -> dict[str, Any]:
+def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, command: str, extend: int = 1,
+             keep: Keep = None, commit: bool = False, pre: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or skip, when finished) every cell of ``grid`` whose group ``keep`` accepts, record by
+    record into ``runs``; then the manifest beside the runs and, given ``report_dir``, the report."""
     methods, skipped = available_methods(grid.methods)
     extensions: list[dict[str, Any]] = []
     t0 = time.time()
-    shared = root.parent / "pretrained"
-    runs = root.parent / (grid.runs_from or grid.name) / "runs"
-    pre = _pretrain_ladder(grid, root, shared)
-    records = _run_cells(grid, methods, runs, shared, extend, extensions)
+    on_done = (lambda folder, rec: commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}")) \
+        if commit else None
+    if pre is None:
+        pre = _pretrain_ladder(grid, runs, shared, on_done)
+    records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done)
     manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
-    root.mkdir(parents=True, exist_ok=True)  # a grid whose runs live in another grid's folder (runs_from)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    if report_dir is not None:
+    if keep is None:  # a worker's manifest would describe part of the grid: only the whole run writes one
+        runs.mkdir(parents=True, exist_ok=True)
+        (runs / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if report_dir is not None and keep is None:
         write_report(manifest, runs, report_dir)
+        if commit:
+            commit_record(report_dir, f"{grid.name}: report regenerated from {len(records)} runs")
     return manifest
+
+
+def run_workers(grid: Grid, a: argparse.Namespace) -> int:
+    """``--jobs N``: the ladder first (all threads), then N single-thread worker processes, each its
+    share of the groups (``--shard k/N``); returns the first failing worker's exit code, else 0."""
+    import os
+    import subprocess
+
+    _pretrain_ladder(grid, runs_dir(a, grid), Path(a.out) / "pretrained",
+                     (lambda f, r: commit_record(f, f"{grid.name}: {f.name} {r['status']}")) if a.commit else None)
+    base = [sys.executable, "-m", "peftbench.cli.suite", "--grid", grid.name, "--runs", str(runs_dir(a, grid)),
+            "--out", a.out, "--extend-edges", str(a.extend_edges), *(["--only", a.only] if a.only else []),
+            *(["--commit"] if a.commit else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    procs = [subprocess.Popen([*base, "--shard", f"{k}/{a.jobs}", "--no-report"], env=env) for k in range(a.jobs)]
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c), 0)
+
+
+def runs_dir(a: argparse.Namespace, grid: Grid) -> Path:
+    """Where the records go: --runs; else <report>/runs (records committed beside their report);
+    else <out>/<grid>/runs."""
+    if a.runs:
+        return Path(a.runs)
+    if a.report:
+        return Path(a.report) / "runs"
+    return Path(a.out) / (grid.runs_from or grid.name) / "runs"
 
 
 def readme_markdown(m: dict[str, Any]) -> str:
@@ -386,7 +506,8 @@ def readme_markdown(m: dict[str, Any]) -> str:
              f"the runs' own time adds up to {m.get('runs_s', 0) / 60:.0f} min; machine: {mc['cpu_count']} CPU(s) "
              f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, device {mc.get('device', '?')}.", "",
              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
-             f"Protocol: {m['protocol']}. Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
+             f"Protocol: {m['protocol']}.", "", "Splits (selection is never on the reported split):", "",
+             *[f"- {k}: {v}" for k, v in m["splits"].items()], "",
              "| task | models | methods | seeds | budget and data (overrides) |", "|---|---|---|---|---|"]
     for t in m["tasks"]:
         lines.append(f"| {t['name']} | {', '.join(t['models'])} | {', '.join(t['methods'])} | "
@@ -411,7 +532,7 @@ def readme_markdown(m: dict[str, Any]) -> str:
 
 def selection_markdown(m: dict[str, Any]) -> str:
     lines = [f"# lr selection — grid `{m['grid']}`", "", f"Command: `{m['command']}`", "",
-             f"Splits: SST-2 {m['splits']['sst2']}; LM/SFT {m['splits']['lm/sft']}.", "",
+             "Splits: " + "; ".join(f"{k}: {v}" for k, v in m["splits"].items()) + ".", "",
              f"Methods skipped (not registered / no conf): {', '.join(m['methods_skipped_not_available']) or 'none'}", "",
              "| task | model | size | method | selection metric | mean over seeds per lr | best lr | flag |",
              "|---|---|---|---|---|---|---|---|"]
@@ -431,7 +552,7 @@ def selection_markdown(m: dict[str, Any]) -> str:
 def dry_run(grid: Grid, shared: Path | None = None, extend: int = 1) -> list[str]:
     methods, skipped = available_methods(grid.methods)
     out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
-    out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in grid.pretrain]
+    out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in ladder_sizes(grid)]
     out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid, shared))}" for c in cells(grid, methods)]
     extra = sum(len(t.models) * len(t.own_methods(methods)) * (len(grid.seeds_of(t)) - 1) for t in grid.tasks)
     out.append(f"# then up to {extend} more lr(s) per group whose selected lr is at an edge of its grid, and "
@@ -445,15 +566,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the CI edition (= --grid standard_quick)")
     p.add_argument("--dry-run", action="store_true", help="print the grid (one line per run) and exit")
     p.add_argument("--only", default=None,
-                   help="comma-separated task names: run just those (e.g. in a second process on a free core); "
-                        "a later run without --only skips every finished cell and writes the whole report")
-    p.add_argument("--out", default="outputs/suite", help="run folders (default outputs/suite/<grid>)")
-    p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); none: no report")
+                   help="comma-separated task names: run just those; a later run without --only skips every "
+                        "finished cell and writes the whole report")
+    p.add_argument("--out", default="outputs/suite",
+                   help="scratch folder: pretrained ladder weights (<out>/pretrained) and, without --report or "
+                        "--runs, the run records (<out>/<grid>/runs)")
+    p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); the records go to "
+                                                  "<report>/runs unless --runs says otherwise")
+    p.add_argument("--runs", default=None, help="run records folder (default: <report>/runs, else <out>/<grid>/runs)")
     p.add_argument("--extend-edges", type=int, default=1, metavar="N",
                    help="rounds that add one lr beyond a grid edge the selection chose (0: never; default 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="N single-thread worker processes side by side (whole groups each; on 2 cores, 2 beats "
+                        "one 2-thread process); the report is written once all have finished")
+    p.add_argument("--shard", default=None, metavar="K/N", help="run only worker K's share of N (what --jobs starts)")
+    p.add_argument("--no-report", action="store_true", help="no manifest or report (a --shard worker's part)")
+    p.add_argument("--commit", action="store_true",
+                   help="git-commit each finished run's record (and the report) as it lands: a stopped benchmark "
+                        "loses nothing, a later invocation continues where it stopped")
     a = p.parse_args(argv)
     if a.extend_edges < 0:
         p.error("--extend-edges must be >= 0")
+    if a.jobs < 1:
+        p.error("--jobs must be >= 1")
+    shard = None
+    if a.shard is not None:
+        k, _, n = a.shard.partition("/")
+        if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+            p.error(f"--shard {a.shard}: expected K/N with 0 <= K < N")
+        shard = (int(k), int(n))
+    if shard and a.jobs > 1:
+        p.error("--shard and --jobs exclude each other (--jobs starts the shards)")
     grid = grids()["standard_quick" if a.quick else a.grid]
     if a.only:
         keep = set(a.only.split(","))
@@ -461,14 +604,26 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
         grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
+    shared = Path(a.out) / "pretrained"
     if a.dry_run:
-        print("\n".join(dry_run(grid, Path(a.out) / "pretrained", a.extend_edges)))
+        print("\n".join(dry_run(grid, shared, a.extend_edges)))
         return 0
     logging.basicConfig(level=logging.WARNING)
+    runs = runs_dir(a, grid)
     cmd = "python -m peftbench.cli.suite " + " ".join(argv if argv is not None else sys.argv[1:])
-    m = run_grid(grid, Path(a.out) / grid.name, Path(a.report) if a.report else None, cmd, a.extend_edges)
+    if a.jobs > 1:
+        code = run_workers(grid, a)
+        if code:
+            print(f"a worker exited {code}; finished runs are kept, a relaunch continues", file=sys.stderr)
+            return code
+    keep = None
+    if shard is not None:
+        mine = shard_of(grid, available_methods(grid.methods)[0], *shard)
+        keep = lambda c: c.group in mine  # noqa: E731
+    report = None if a.no_report or not a.report else Path(a.report)
+    m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit)
     bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
-    print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; manifest: {Path(a.out) / grid.name / 'manifest.json'}")
+    print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; records: {runs}")
     return 0
 
 

@@ -80,6 +80,12 @@ def check_numbers(cfg: DictConfig) -> None:
     in_range(opt("optim.weight_decay"), "optim.weight_decay", 0.0, float("inf"))
     in_range(opt("optim.warmup_ratio"), "optim.warmup_ratio", 0.0, 1.0, hi_open=True)
     in_range(opt("dataset.val_fraction"), "dataset.val_fraction", 0.0, 1.0, hi_open=True)
+    in_range(opt("dataset.test_fraction"), "dataset.test_fraction", 0.0, 1.0, hi_open=True)
+    if (opt("dataset.val_fraction") or 0) + (opt("dataset.test_fraction") or 0) >= 1:
+        raise ConfigError("dataset.val_fraction + dataset.test_fraction leave no training data (their sum must be < 1)",
+                          option="dataset.test_fraction")
+    if opt("dataset.metric") is not None:
+        one_of(opt("dataset.metric"), "dataset.metric", ("acc", "f1", "mcc"))
     devices(opt("trainer.devices"))
 
 

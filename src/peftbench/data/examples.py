@@ -173,29 +173,47 @@ def load_split(ds: Mapping[str, Any], split: str, data_dir: str | None) -> Split
 
 
 def load_single(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitExamples]:
-    """All configured splits of one source (mixes: data/load.py). A dataset with one file for LM
-    text is split by ``val_fraction``."""
-    splits = [s for s in SPLITS if s in ((ds.get("local") or {}).get("files") or {})] or ["train", "validation"]
-    derive = ds.get("val_fraction") and "validation" not in ((ds.get("local") or {}).get("files") or {})
-    # a validation split cut from the train file: cut the whole file first, then apply the limits, so
-    # train_limit never shrinks the held-out tail and val_limit applies to it
-    src = {**ds, "train_limit": None} if derive else ds
-    out = {s: load_split(src, s, data_dir) for s in splits if not (derive and s == "validation")}
-    if derive:
-        tr = out["train"]
-        if "text" in tr.columns and len(tr) == 1:  # one document (plain text): split by characters
-            text = tr.columns["text"][0]
-            cut = int(len(text) * (1 - ds["val_fraction"]))
-            out["train"] = SplitExamples("train", tr.source, {"text": [text[:cut]]})
-            out["validation"] = SplitExamples("validation", tr.source, {"text": [text[cut:]]})
+    """All configured splits of one source (mixes: data/load.py). A split the files do not provide is
+    cut from the end of the train file: ``validation`` by ``val_fraction``, ``test`` by ``test_fraction``
+    (the very end, after validation), so a benchmark can select on one held-out part and report on
+    another (a one-document text is cut by characters)."""
+    files = (ds.get("local") or {}).get("files") or {}
+    splits = [s for s in SPLITS if s in files] or ["train", "validation"]
+    fracs = {name: float(ds.get(key) or 0) for name, key in (("validation", "val_fraction"), ("test", "test_fraction"))}
+    derived = [name for name, f in fracs.items() if f > 0 and name not in files]
+    # cut the whole file first, then apply the limits, so train_limit never shrinks the held-out tails
+    src = {**ds, "train_limit": None} if derived else ds
+    out = {s: load_split(src, s, data_dir) for s in splits if s not in derived}
+    if not derived:
+        return out
+    tr = out["train"]
+    one_doc = "text" in tr.columns and len(tr) == 1
+    n = len(tr.columns["text"][0]) if one_doc else len(tr)
+    # [train | validation | test], cut at fractions of the whole file (validation alone: the cut is
+    # int(n × (1 − val_fraction)), as before test_fraction existed, so earlier splits are unchanged)
+    if "test" in derived:
+        lo_test = n - round(n * fracs["test"])
+        lo_val = lo_test - round(n * fracs["validation"]) if "validation" in derived else lo_test
+    else:
+        lo_test, lo_val = n, int(n * (1 - fracs["validation"]))
+    if not one_doc:
+        lo_val = max(1, lo_val)
+        lo_test = max(lo_val, lo_test)
+    hi_test = n
+    bounds = {"train": (0, lo_val), "validation": (lo_val, lo_test), "test": (lo_test, hi_test)}
+    if one_doc:
+        text = tr.columns["text"][0]
+        for name in ("train", *derived):
+            lo, hi = bounds[name]
+            out[name] = SplitExamples(name, tr.source, {"text": [text[lo:hi]]})
+        return out
+    seed = int(ds.get("subset_seed", 0))
+    limits = {"train": ds.get("train_limit"), "validation": ds.get("val_limit"), "test": ds.get("test_limit")}
+    for name in ("train", *derived):
+        lo, hi = bounds[name]
+        if name != "train" and "label" in tr.columns:  # held out: stratified, as a file's would be
+            keep = [lo + i for i in stratified_subset(tr.columns["label"][lo:hi], limits[name], eval_seed(ds, name))]
         else:
-            n = len(tr)
-            cut = max(1, int(n * (1 - ds["val_fraction"])))
-            seed = int(ds.get("subset_seed", 0))
-            for name, lo, hi, limit in (("train", 0, cut, ds.get("train_limit")), ("validation", cut, n, ds.get("val_limit"))):
-                if name == "validation" and "label" in tr.columns:  # held out: stratified, as a file's would be
-                    keep = [lo + i for i in stratified_subset(tr.columns["label"][lo:hi], limit, eval_seed(ds, name))]
-                else:
-                    keep = [lo + i for i in _subset(hi - lo, limit, seed)]
-                out[name] = SplitExamples(name, tr.source, {k: [v[i] for i in keep] for k, v in tr.columns.items()})
+            keep = [lo + i for i in _subset(hi - lo, limits[name], seed)]
+        out[name] = SplitExamples(name, tr.source, {k: [v[i] for i in keep] for k, v in tr.columns.items()})
     return out

@@ -82,15 +82,21 @@ class Classification(Task):
     name = "classification"
     headline = "acc"
 
-    def __init__(self, num_labels: int):
+    METRICS = ("acc", "f1", "mcc")
+
+    def __init__(self, num_labels: int, headline: str = "acc"):
         super().__init__()
+        if headline not in self.METRICS:
+            raise ValueError(f"dataset.metric '{headline}': classification reports one of {list(self.METRICS)}")
         self.num_labels = num_labels
+        self.headline = headline  # CoLA's convention is Matthews correlation (GLUE), not accuracy
 
     def metrics(self) -> nn.ModuleDict:
         kw = {"num_classes": self.num_labels}
         return nn.ModuleDict({
             "acc": torchmetrics.classification.MulticlassAccuracy(average="micro", **kw),
             "f1": torchmetrics.classification.MulticlassF1Score(average="macro", **kw),
+            "mcc": torchmetrics.classification.MulticlassMatthewsCorrCoef(**kw),
         })
 
     def step(self, model, batch):
@@ -242,7 +248,7 @@ def make_task(task: str, num_labels: int, dataset: Mapping[str, Any] | None = No
     (the plan's read splits): image–text picks its constant-caption baseline from the train captions."""
     ds = dataset or {}
     if task == "classification":
-        return Classification(num_labels)
+        return Classification(num_labels, str(ds.get("metric") or "acc"))
     if task == "image_text":
         train = (examples or {}).get("train")
         const = constant_caption(list(train.columns["text"]), ds.get("attributes")) if train is not None else None
