@@ -539,7 +539,7 @@ def test_gpt2_modes_lora_and_qlora_cells_adapt_the_same_matrices_at_the_same_ran
     g = grids()["gpt2_modes"]
     planned = {(c.task.name, c.size, c.lr, c.method): c for c in cells(g, g.methods)}
     pairs = [(planned[k[:3] + ("lora",)], c) for k, c in planned.items() if k[3] == "qlora"]
-    assert len(pairs) == 2 * 3 * 2  # two tasks (attention, all linear) × 3 sizes × 2 lrs
+    assert len(pairs) == 2 * 3 * len(g.lr_grid("qlora"))  # two tasks (attention, all linear) × 3 sizes × the lr grid
     seen_targets = set()
     for lora_cell, qlora_cell in pairs:
         resolved = []

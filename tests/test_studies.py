@@ -253,47 +253,22 @@ def _every_cell(g, shared):
             for c in [Cell(c1.task, c1.model, c1.size, c1.method, c1.lr, s)]}
 
 
-def test_yaml_grids_make_the_cells_the_python_grids_made():
-    """conf/benchmark/*.yaml replaced the grids written as Python literals (issue 19). The cells, hence
-    the run ids and run folders of every finished run, are the ones those literals made: recorded in
-    tests/golden/suite_cells.json from the literals, before the move."""
-    from pathlib import Path
-
-    from peftbench.cli.suite import cells, grids, pretrain_overrides
-
-    golden = json.loads((Path(__file__).parent / "golden" / "suite_cells.json").read_text())
-    shared = Path("/pretrained")
-    gs = grids()
-    assert sorted(gs) == sorted(golden)
-    for name, g in gs.items():
-        want = golden[name]
-        assert _every_cell(g, shared) == {tuple(x.split()) for x in want["cells"]}, name
-        assert [c.rel_dir() for c in cells(g, g.methods)] == want["phase1_order"], name  # dry-run and run order
-        assert [" ".join(pretrain_overrides(g, s, shared)) for s in g.pretrain] == want["pretrain_runs"], name
-        assert (g.methods, g.seeds, g.runs_from, g.pretrain) == (want["methods"], want["seeds"], want["runs_from"],
-                                                                 want["pretrain"]), name
-        assert {m: g.lr_grid(m) for m in g.methods} == want["lr_grid"], name  # the manifest's lr grid
-        assert [{"name": t.name, "models": [list(m) for m in t.models], "methods": t.own_methods(g.methods),
-                 "seeds": g.seeds_of(t), "select": t.select, "report": t.report, "lrs": t.lrs}
-                for t in g.tasks] == want["tasks"], name
-
-
 def test_grid_reusing_another_grids_runs_makes_the_same_shared_cells():
     """``runs_from``: a cell both grids make must have the same overrides (same run id, same folder),
     or each grid would re-run, and overwrite, the other's run."""
     from pathlib import Path
 
-    from peftbench.cli.suite import grids
+    from peftbench.cli.suite import Grid, Task
 
-    gs, shared = grids(), Path("/pretrained")
-    borrowers = [g for g in gs.values() if g.runs_from]
-    assert borrowers
-    for g in borrowers:
-        mine = {c[0]: c[1:] for c in _every_cell(g, shared)}
-        theirs = {c[0]: c[1:] for c in _every_cell(gs[g.runs_from], shared)}
-        common = mine.keys() & theirs.keys()
-        assert common, f"{g.name} shares no cell with {g.runs_from}"
-        assert {k: mine[k] for k in common} == {k: theirs[k] for k in common}
+    shared = Path("/pretrained")
+    lm = Task("wiki_lm", ("dataset=wiki_demo",), "val/loss", "test/ppl", (("gpt2_local", "s"),))
+    owner = Grid("owner", [lm], ["full", "lora"], seeds=[1, 2], lrs={"default": [1e-3, 3e-3]}, pretrain={"s": 40})
+    borrower = Grid("borrower", [lm], ["lora", "qlora"], seeds=[1, 2], lrs={"default": [1e-3, 3e-3]},
+                    pretrain={"s": 40}, runs_from="owner")
+    mine = {c[0]: c[1:] for c in _every_cell(borrower, shared)}
+    theirs = {c[0]: c[1:] for c in _every_cell(owner, shared)}
+    common = mine.keys() & theirs.keys()
+    assert common and {k: mine[k] for k in common} == {k: theirs[k] for k in common}
 
 
 def test_grid_yaml_with_an_unknown_key_is_refused(tmp_path):

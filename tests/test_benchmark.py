@@ -1,0 +1,247 @@
+"""The standard benchmark's protocol pieces (issue 22): a dev split cut from train that is never the
+reported split, CoLA's Matthews correlation, workers that split the grid by whole groups, records
+committed as they land, and the quick edition end to end (slow: `pytest -m slow`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from peftbench.cli import suite
+from peftbench.cli.suite import Cell, Grid, Task, available_methods, cells, grids, shard_of
+from peftbench.data.examples import load_single
+from peftbench.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tsv(path: Path, n: int) -> Path:
+    """``label<TAB>text`` rows, labels 0/1/2 interleaved (2 rarer), text = the row number."""
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [f"{(0, 1, 0, 1, 2)[i % 5]}\trow {i}" for i in range(n)]
+    (path / "train.tsv").write_text("\n".join(rows) + "\n")
+    (path / "test.tsv").write_text("\n".join(rows[:10]) + "\n")
+    return path
+
+
+def _ds(**kw):
+    ds = {"name": "toy", "task": "classification", "label_names": ["a", "b", "c"],
+          "local": {"dir": "toy", "format": "tsv", "header": False, "files": {"train": "train.tsv"}, "text": 1,
+                    "label": 0}, "train_limit": None, "val_limit": None, "test_limit": None, "subset_seed": 0}
+    ds.update(kw)
+    return ds
+
+
+def _rows(split) -> list[int]:
+    return [int(t.split()[1]) for t in split.columns["text"]]
+
+
+def test_validation_and_test_cut_from_train_are_disjoint_ordered_and_stratified(tmp_path):
+    _tsv(tmp_path / "toy", 1000)
+    out = load_single(_ds(val_fraction=0.1, test_fraction=0.2, val_limit=50), str(tmp_path))
+    train, val, test = (_rows(out[s]) for s in ("train", "validation", "test"))
+    assert (len(train), len(test)) == (700, 200) and len(val) == 50
+    assert max(train) < min(val) and max(val) < min(test)  # [train | validation | test] from the end
+    assert test == list(range(800, 1000))
+    # a limited held-out split keeps the class shares of its part of the file (2:2:1)
+    assert Counter(out["validation"].columns["label"]) == {0: 20, 1: 20, 2: 10}
+
+
+def test_val_fraction_alone_cuts_where_it_always_did(tmp_path):
+    """Existing runs' splits must not move: validation alone is cut at int(n × (1 − val_fraction))."""
+    _tsv(tmp_path / "toy", 1001)
+    out = load_single(_ds(val_fraction=0.05), str(tmp_path))
+    assert len(out["train"]) == int(1001 * 0.95) and "test" not in out
+
+
+def test_a_file_split_wins_over_its_fraction(tmp_path):
+    _tsv(tmp_path / "toy", 100)
+    ds = _ds(val_fraction=0.1, test_fraction=0.1)
+    ds["local"]["files"]["test"] = "test.tsv"  # the reported split is a file: only validation is cut
+    out = load_single(ds, str(tmp_path))
+    assert (len(out["train"]), len(out["validation"]), len(out["test"])) == (90, 10, 10)
+
+
+def test_one_document_is_cut_by_characters(tmp_path):
+    (tmp_path / "c").mkdir()
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    (tmp_path / "c" / "doc.txt").write_text(text)
+    ds = {"name": "doc", "task": "causal_lm", "format": "text", "local": {"dir": "c", "format": "text",
+          "files": {"train": "doc.txt"}}, "val_fraction": 0.05, "test_fraction": 0.05}
+    out = load_single(ds, str(tmp_path))
+    parts = [out[s].columns["text"][0] for s in ("train", "validation", "test")]
+    assert [len(p) for p in parts] == [900, 50, 50] and "".join(parts) == text
+
+
+def test_fractions_that_leave_no_training_data_are_refused():
+    from peftbench.config.compose import compose
+    from peftbench.config.plan import check_numbers
+
+    cfg = compose(["dataset=wiki_demo", "+dataset.test_fraction=0.95"])
+    with pytest.raises(ConfigError, match="leave no training data"):
+        check_numbers(cfg)
+    with pytest.raises(ConfigError, match="dataset.metric"):
+        check_numbers(compose(["dataset=cola", "+dataset.metric=bleu"]))
+
+
+def test_classification_reports_matthews_correlation_and_can_headline_it():
+    import torch
+
+    from peftbench.lit.tasks import make_task
+
+    task = make_task("classification", 2, {"metric": "mcc"})
+    assert task.headline == "mcc"
+    m = task.metrics()
+    preds, target = torch.tensor([1, 1, 1, 0]), torch.tensor([1, 1, 0, 0])
+    for metric in m.values():
+        metric.update(preds, target)
+    # MCC = (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (2·1 − 1·0) / sqrt(3·2·1·2)
+    assert float(m["mcc"].compute()) == pytest.approx(2 / 12 ** 0.5)
+    assert make_task("classification", 2, {}).headline == "acc"
+    with pytest.raises(ValueError, match="dataset.metric"):
+        make_task("classification", 2, {"metric": "bleu"})
+
+
+# ---- the grid --------------------------------------------------------------------------------------
+def test_standard_grid_follows_the_issue_protocol():
+    g = grids()["standard_cpu"]
+    methods, skipped = available_methods(g.methods)
+    assert not skipped and len(g.seeds) >= 3
+    for t in g.tasks:
+        for m in t.own_methods(methods):
+            lrs = g.lr_grid(m, t)
+            assert len(lrs) >= 3 and lrs == sorted(lrs), (t.name, m)
+        assert t.select.split("/")[0] == "val" and t.report.split("/")[0] == "test", t.name  # dev ≠ reported
+        assert t.select.split("/")[1] == t.report.split("/")[1] or "loss" in t.select, t.name
+    main = g.tasks[0]
+    assert (main.name, main.models, main.methods) == ("sst2", (("minilm", "l6"),), None)  # every method
+    names = {t.name for t in g.tasks}
+    assert {"sst2", "mr", "cola", "agnews", "alpaca_sft", "wiki_lm"} <= names
+    sizes = {(f, s) for t in g.tasks if t.name == "sst2" for f, s in t.models}
+    assert sizes == {("minilm", "l6"), ("mpnet", "base"), ("llama", "smollm2_135m")}
+    # one budget per task: a method never brings its own steps or batch
+    for c in cells(g, methods):
+        assert not any(o.startswith(("method.optim", "trainer.accumulate")) for o in c.overrides(g)), c.rel_dir()
+
+
+def test_workers_share_whole_groups_and_nothing_twice():
+    g = grids()["standard_cpu"]
+    methods = available_methods(g.methods)[0]
+    every = {c.group for c in cells(g, methods)}
+    shares = [shard_of(g, methods, k, 2) for k in range(2)]
+    assert shares[0] | shares[1] == every and not shares[0] & shares[1]
+    weight: dict = {}
+    for c in cells(g, methods):
+        weight[c.group] = weight.get(c.group, 0.0) + c.task.cost * (2.0 if c.method == "full" else 1.0)
+    cost = [sum(weight[grp] for grp in sh) for sh in shares]
+    assert max(cost) / min(cost) < 1.3  # balanced by the tasks' cost
+
+
+def _fake(calls):
+    def run(overrides, out):
+        seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+        lr = float(next(o for o in overrides if o.startswith("optim.lr=")).split("=")[1])
+        calls.append((out.parts[-5], out.parts[-3], lr, seed))
+        done = (out / "results.json").exists()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text("{}")
+        return {"status": "ok", "run_id": str(out), "skipped": done, "metrics": {"val/acc": lr, "test/acc": 0.5}}
+    return run
+
+
+def test_a_task_is_finished_before_the_next_starts_and_only_new_runs_are_committed(monkeypatch, tmp_path):
+    calls, done = [], []
+    monkeypatch.setattr(suite, "_run", _fake(calls))
+    t1, t2 = (Task(n, (), "val/acc", "test/acc", (("m", "s"),)) for n in ("a", "b"))
+    g = Grid("g", [t1, t2], ["lora", "bitfit"], seeds=[1, 2], lrs={"default": [1e-3, 1e-2, 1e-1]}, common=())
+    suite._run_cells(g, ["lora", "bitfit"], tmp_path, tmp_path, extend=0, on_done=lambda f, r: done.append(f))
+    tasks = [c[0] for c in calls]
+    assert tasks == sorted(tasks)  # every run of task a (seeds included) before task b's first
+    assert [c for c in calls if c[0] == "a" and c[3] == 2] == [("a", "lora", 0.1, 2), ("a", "bitfit", 0.1, 2)]
+    assert len(done) == len(calls) == 2 * 2 * 4
+    calls.clear(), done.clear()
+    keep = {("b", "m", "s", "bitfit")}
+    suite._run_cells(g, ["lora", "bitfit"], tmp_path, tmp_path, extend=0, keep=lambda c: c.group in keep,
+                     on_done=lambda f, r: done.append(f))
+    assert {c[:2] for c in calls} == {("b", "bitfit")} and done == []  # a worker's share; all finished: none new
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_commit_record_commits_the_record_and_not_the_weights(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.com")
+    _git(repo, "config", "user.name", "t")
+    (repo / ".gitignore").write_text("**/adapter/\n")
+    _git(repo, "add", ".gitignore")
+    _git(repo, "commit", "-qm", "init")
+    (repo / "staged-elsewhere.txt").write_text("not mine")
+    _git(repo, "add", "staged-elsewhere.txt")
+    run = repo / "runs" / "t" / "lr0.001" / "seed1"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "w.safetensors").write_bytes(b"\0" * 64)
+    (run / "results.json").write_text(json.dumps({"status": "ok"}))
+    monkeypatch.chdir(repo)
+    suite.commit_record(run.relative_to(repo), "g: t/lr0.001/seed1 ok")
+    files = _git(repo, "show", "--name-only", "--format=%s", "HEAD").split()
+    assert files[0] == "g:" and "runs/t/lr0.001/seed1/results.json" in files
+    assert not any("adapter" in f or "staged-elsewhere" in f for f in files)  # only the run's own record
+    head = _git(repo, "rev-parse", "HEAD")
+    suite.commit_record(run.relative_to(repo), "again")  # nothing new: no empty commit
+    assert _git(repo, "rev-parse", "HEAD") == head
+
+
+def test_shard_and_jobs_are_checked(capsys):
+    for argv, msg in ((["--shard", "2/2", "--dry-run"], "0 <= K < N"), (["--shard", "x", "--dry-run"], "K/N"),
+                      (["--jobs", "0"], "--jobs must be >= 1"), (["--jobs", "2", "--shard", "0/2"], "exclude")):
+        with pytest.raises(SystemExit):
+            suite.main(argv)
+        assert msg in capsys.readouterr().err
+
+
+def test_ladder_paths_in_overrides_are_relative_to_the_repo(monkeypatch, tmp_path):
+    """The ladder's path enters the run id: a benchmark resumed from another clone must find its runs."""
+    monkeypatch.chdir(tmp_path)
+    g = grids()["standard_cpu"]
+    t = next(t for t in g.tasks if t.name == "wiki_lm")
+    c = Cell(t, "gpt2_local", "s", "lora", 1e-3, 1)
+    own = [o for o in c.overrides(g, Path("outputs/suite/pretrained")) if o.startswith("model.sizes")]
+    assert own == ["model.sizes.s.local=outputs/suite/pretrained/gpt2_local-s-1200steps"]
+
+
+@pytest.mark.slow
+def test_quick_edition_end_to_end_with_two_workers_and_a_resume(tmp_path):
+    """The CI edition through the same code path: two workers, records beside the report, the report
+    regenerated from the records alone, and a relaunch that runs nothing again."""
+    env = {**os.environ, "PEFTBENCH_DATA_DIR": os.environ.get("PEFTBENCH_DATA_DIR", str(REPO.parent / "shared" / "data")),
+           "HF_HUB_OFFLINE": "1"}
+    report, out = tmp_path / "report", tmp_path / "out"
+    cmd = [sys.executable, "-m", "peftbench.cli.suite", "--quick", "--jobs", "2", "--report", str(report), "--out", str(out)]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-3000:]
+    m = json.loads((report / "manifest.json").read_text())
+    assert m["statuses"] and set(m["statuses"].values()) == {"ok"}
+    runs = report / "runs"
+    records = {p: p.read_bytes() for p in runs.rglob("results.json")}
+    # phase 2 ran the second seed at the selected lr only
+    for row in m["selection"]:
+        seeds = [k for k in m["run_ids"] if k.startswith(f"{row['task']}/{row['model']}-{row['size']}/{row['method']}/")
+                 and k.endswith("seed2")]
+        assert seeds == [f"{row['task']}/{row['model']}-{row['size']}/{row['method']}/lr{row['best_lr']:g}/seed2"]
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.read_bytes() for p in runs.rglob("results.json")} == records  # nothing re-run or rewritten
+    regen = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", str(runs), "--out", str(tmp_path / "r2")],
+                           cwd=REPO, env=env, capture_output=True, text=True)
+    assert regen.returncode == 0, regen.stderr[-2000:]
+    assert (tmp_path / "r2" / "report.md").read_bytes() == (report / "report.md").read_bytes()
