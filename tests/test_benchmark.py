@@ -144,7 +144,7 @@ def test_workers_share_whole_groups_and_nothing_twice():
 
 
 def _fake(calls):
-    def run(overrides, out):
+    def run(overrides, out, reuse=False):
         seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
         lr = float(next(o for o in overrides if o.startswith("optim.lr=")).split("=")[1])
         calls.append((out.parts[-5], out.parts[-3], lr, seed))
@@ -169,7 +169,8 @@ def test_a_task_is_finished_before_the_next_starts_and_only_new_runs_are_committ
     keep = {("b", "m", "s", "bitfit")}
     suite._run_cells(g, ["lora", "bitfit"], tmp_path, tmp_path, extend=0, keep=lambda c: c.group in keep,
                      on_done=lambda f, r: done.append(f))
-    assert {c[:2] for c in calls} == {("b", "bitfit")} and done == []  # a worker's share; all finished: none new
+    assert {c[:2] for c in calls} == {("b", "bitfit")}  # a worker's share
+    assert len(done) == len(calls)  # finished ones go to the hook too (commit_record skips what is committed)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -227,7 +228,7 @@ def test_quick_edition_end_to_end_with_two_workers_and_a_resume(tmp_path):
            "HF_HUB_OFFLINE": "1"}
     report, out = tmp_path / "report", tmp_path / "out"
     cmd = [sys.executable, "-m", "peftbench.cli.suite", "--quick", "--jobs", "2", "--report", str(report), "--out", str(out)]
-    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     m = json.loads((report / "manifest.json").read_text())
     assert m["statuses"] and set(m["statuses"].values()) == {"ok"}
@@ -238,10 +239,40 @@ def test_quick_edition_end_to_end_with_two_workers_and_a_resume(tmp_path):
         seeds = [k for k in m["run_ids"] if k.startswith(f"{row['task']}/{row['model']}-{row['size']}/{row['method']}/")
                  and k.endswith("seed2")]
         assert seeds == [f"{row['task']}/{row['model']}-{row['size']}/{row['method']}/lr{row['best_lr']:g}/seed2"]
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.read_bytes() for p in runs.rglob("results.json")} == records  # nothing re-run or rewritten
     regen = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", str(runs), "--out", str(tmp_path / "r2")],
-                           cwd=REPO, env=env, capture_output=True, text=True)
+                           cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert regen.returncode == 0, regen.stderr[-2000:]
     assert (tmp_path / "r2" / "report.md").read_bytes() == (report / "report.md").read_bytes()
+
+
+def _mcc_run(root: Path, i: int, method: str, seed: int, mcc: float, acc: float) -> None:
+    from peftbench import results
+
+    rec = results.empty_record(
+        run_id=f"r{i}", seed=seed, config={"method": {"name": method}, "seed": seed, "dataset": {"metric": "mcc"}},
+        model={"family": "m", "size": "s", "total": 1000}, method={"name": method, "family": "selective"},
+        dataset={"name": "cola", "task": "classification"}, params={"trainable": 10, "total": 1000},
+        metrics={"test/acc": acc, "test/mcc": mcc, "val/acc": acc, "val/mcc": mcc},
+        eval={"test": {"n": 500, "majority_rate": 0.69, "majority_label": 1, "metric": "test/mcc",
+                       "predictions": "predictions/test.json.gz"}})
+    results.write(root / f"run{i}", rec)  # no predictions file: the report copes (intervals over seeds)
+
+
+def test_a_declared_metric_heads_the_table_and_mcc_near_zero_is_flagged(tmp_path):
+    """CoLA's runs declare dataset.metric=mcc: the table is judged on test/mcc (not acc, which the
+    generic preference would pick), the majority rate stays an accuracy, and an MCC whose interval
+    over seeds includes 0 is flagged ≈ baseline."""
+    from peftbench.report import collect
+    from peftbench.report.tables import build_tables
+
+    for i, (method, seed, mcc) in enumerate([("full", 1, 0.40), ("full", 2, 0.42), ("full", 3, 0.38),
+                                             ("ia3", 1, 0.02), ("ia3", 2, -0.03), ("ia3", 3, 0.05)]):
+        _mcc_run(tmp_path / "sweep", i, method, seed, mcc, 0.7)
+    (t,) = build_tables(collect([tmp_path / "sweep"]))
+    assert t.referee.metric == "test/mcc"
+    assert t.referee.majority == {"test/acc": (0.69, 500)}
+    flags = {g.method: {f.code for f in t.referee.of(g).flags} for g in t.groups}
+    assert flags == {"full": set(), "ia3": {"baseline"}}

@@ -12,7 +12,7 @@ from peftbench.cli.suite import Cell, Grid, Task, edge_extensions, next_lr, sele
 
 def _fake_run(calls):
     """val/acc peaks at lr = 1e-2: 1 − |log10(lr) + 2| / 10."""
-    def run(overrides, out):
+    def run(overrides, out, reuse=False):
         lr = float(next(o for o in overrides if o.startswith("optim.lr=")).split("=")[1])
         calls.append((lr, int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])))
         return {"status": "ok", "run_id": f"{lr}-{calls[-1][1]}",

@@ -210,11 +210,11 @@ def pretrained_dir(grid: Grid, size: str, shared: Path) -> Path:
 def portable(path: Path) -> str:
     """A path inside the working directory stays relative: it enters the run id, and a benchmark
     resumed from another clone (another absolute path) must find its finished runs."""
-    p = path.resolve()
-    try:
-        return str(p.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
+    import os
+
+    p = os.path.abspath(path)  # not resolve(): a symlinked outputs/ must not make the id machine-specific
+    rel = os.path.relpath(p, os.getcwd())
+    return str(p) if rel.startswith("..") else rel
 
 
 def pretrain_overrides(grid: Grid, size: str, shared: Path | None = None) -> list[str]:
@@ -223,11 +223,27 @@ def pretrain_overrides(grid: Grid, size: str, shared: Path | None = None) -> lis
             f"trainer.max_steps={grid.pretrain[size]}", *own]
 
 
-def _run(overrides: list[str], out: Path) -> dict[str, Any]:
+def _run(overrides: list[str], out: Path, reuse: bool = False) -> dict[str, Any]:
+    """One cell through ``train`` (a finished run is skipped). ``reuse``: a record of this exact run in
+    ``out`` is returned whatever its status, nothing is trained (the pass after --jobs workers: it
+    collects what they did, it never re-runs their failures)."""
     from peftbench.config.compose import compose
     from peftbench.train import train
 
-    return train(compose(overrides, output_dir=str(out)))
+    cfg = compose(overrides, output_dir=str(out))
+    if reuse:
+        from peftbench import results
+        from peftbench.run import record
+
+        path = out / results.FILENAME
+        if path.exists():
+            try:
+                rec = results.read(path)
+            except results.SchemaError:
+                rec = None
+            if rec is not None and rec["run_id"] == results.run_id(record.container(cfg)) and rec["status"] != "running":
+                return {**rec, "skipped": True}
+    return train(cfg)
 
 
 def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -289,21 +305,43 @@ def ladder_sizes(grid: Grid) -> list[str]:
 def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) -> dict[str, dict[str, Any]]:
     """The gpt2_local sizes the grid pretrains from scratch, before any cell fine-tunes them. The
     record goes beside the cells' (``<runs>/pretrain/``, committed with them); the weights go to
-    ``shared`` (never committed). A clone that has the record but not the weights pretrains again into
-    a scratch folder (same config and seed) and says whether the rebuild matches the record."""
+    ``shared`` (never committed) with a marker naming the pretraining run, so another grid with the
+    same ladder copies that run's record instead of pretraining (and replacing the weights) again. A
+    clone that has the record but not the weights pretrains again into a scratch folder (same config
+    and seed) and says whether the rebuild matches the record."""
+    import shutil
+
+    from peftbench import results
+    from peftbench.config.compose import compose
+    from peftbench.run import record
+
     pre: dict[str, dict[str, Any]] = {}
     for size in ladder_sizes(grid):
         weights = pretrained_dir(grid, size, shared)
         out = runs / "pretrain" / weights.name
-        rec = _run(pretrain_overrides(grid, size, shared), out)
-        if rec.get("skipped") and rec.get("status") == "ok" and not (weights / "config.json").exists():
+        overrides = pretrain_overrides(grid, size, shared)
+        rid = results.run_id(record.container(compose(overrides, output_dir=str(out))))
+        marker = weights / "peftbench_pretrain.json"
+        made = json.loads(marker.read_text()) if marker.exists() else {}
+        if not (out / results.FILENAME).exists() and made.get("run_id") == rid and \
+                (Path(made.get("record", "")) / results.FILENAME).exists():
+            shutil.copytree(made["record"], out, ignore=shutil.ignore_patterns("model", "adapter", "checkpoints", "logs"))
+        rec = _run(overrides, out)
+        if rec.get("status") == "ok" and not rec.get("skipped"):
+            marker.write_text(json.dumps({"run_id": rid, "record": str(out)}))
+        if rec.get("status") == "ok" and not (weights / "config.json").exists():
             log.warning("%s: pretrained weights missing; pretraining again to rebuild them", weights)
-            again = _run(pretrain_overrides(grid, size, shared), shared.parent / "pretrain-rebuild" / weights.name)
+            scratch = shared.parent / "pretrain-rebuild" / f"{weights.name}-{int(time.time())}"
+            again = _run(overrides, scratch)
             ppl, was = (again.get("metrics") or {}).get("val/ppl"), (rec.get("metrics") or {}).get("val/ppl")
+            if not (weights / "config.json").exists():
+                raise ConfigError(f"{weights}: could not rebuild the pretrained weights ({again.get('status')}: "
+                                  f"{again.get('error')})", option="pretrain")
+            marker.write_text(json.dumps({"run_id": rid, "record": str(out)}))
             if ppl is None or was is None or abs(ppl - was) > 1e-3 * abs(was):
                 log.warning("%s: the rebuilt weights reach val/ppl %s, the committed record %s: cells run now "
                             "fine-tune a different model than the committed ones did", weights, ppl, was)
-        elif on_done is not None:
+        if on_done is not None:
             on_done(out, rec)
         pre[size] = {"dir": str(out), "status": rec["status"], "run_id": rec["run_id"], "metrics": rec.get("metrics")}
     return pre
@@ -314,21 +352,21 @@ Keep = Any  # Callable[[Cell], bool]: the groups this process runs (a --shard wo
 
 def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int = 1,
                extensions: list[dict[str, Any]] | None = None, keep: Keep = None,
-               on_done: Any = None) -> dict[Cell, dict[str, Any]]:
+               on_done: Any = None, reuse: bool = False) -> dict[Cell, dict[str, Any]]:
     """Task by task, in grid order: phase 1 (the lr grid on the first seed); up to ``extend`` rounds
     that add one lr beyond the edge a group selected (listed in ``extensions``, for the manifest);
     then phase 2 (the other seeds at the selected lr). A task's table is complete before the next
     task starts, so a stopped benchmark leaves whole tables behind. ``on_done(folder, record)`` is
-    called after each run that ran (not for skipped ones): the --commit hook."""
+    called after each cell (finished before or now): the --commit hook; ``reuse``: see ``_run``."""
     extensions = [] if extensions is None else extensions
     records: dict[Cell, dict[str, Any]] = {}
 
     def run_cell(c: Cell) -> None:
-        rec = _run(c.overrides(grid, shared), runs / c.rel_dir())
+        rec = _run(c.overrides(grid, shared), runs / c.rel_dir(), reuse)
         records[c] = rec
         log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
                                                             if k in (c.task.select, c.task.report)})
-        if on_done is not None and not rec.get("skipped"):
+        if on_done is not None:  # skipped ones too: a record finished without --commit is committed now
             on_done(runs / c.rel_dir(), rec)
 
     for task in grid.tasks:
@@ -355,16 +393,17 @@ def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend:
 
 def shard_of(grid: Grid, methods: list[str], k: int, n: int) -> set[tuple[str, str, str, str]]:
     """Worker ``k`` of ``n``'s groups: whole groups (a group's selection and seeds stay in one
-    process), dealt longest-first to the least-loaded worker by the tasks' ``cost`` × lr-grid size."""
+    process), dealt task by task, longest first, to the least-loaded worker by the tasks' ``cost``."""
     load = [0.0] * n
     share: list[set[tuple[str, str, str, str]]] = [set() for _ in range(n)]
-    groups: dict[tuple[str, str, str, str], float] = {}
-    for c in cells(grid, methods):
-        groups[c.group] = groups.get(c.group, 0.0) + c.task.cost * (2.0 if c.method == "full" else 1.0)
-    for g, cost in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])):
-        i = min(range(n), key=lambda j: (load[j], j))
-        load[i] += cost
-        share[i].add(g)
+    for task in grid.tasks:  # task by task, so the workers finish each task's table at about the same time
+        groups: dict[tuple[str, str, str, str], float] = {}
+        for c in cells(dataclasses.replace(grid, tasks=[task]), methods):
+            groups[c.group] = groups.get(c.group, 0.0) + c.task.cost * (2.0 if c.method == "full" else 1.0)
+        for g, cost in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])):
+            i = min(range(n), key=lambda j: (load[j], j))
+            load[i] += cost
+            share[i].add(g)
     return share[k]
 
 
@@ -374,13 +413,13 @@ def commit_record(folder: Path, message: str) -> None:
     import subprocess
 
     for attempt in range(8):
-        add = subprocess.run(["git", "add", "-A", "--", str(folder)], capture_output=True, text=True)
+        add = subprocess.run(["git", "add", "-A", "--", str(folder)], capture_output=True, text=True, check=False)
         err = add.stderr
         if add.returncode == 0:
-            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(folder)]).returncode == 0:
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(folder)], check=False).returncode == 0:
                 return  # nothing new under the folder
             done = subprocess.run(["git", "commit", "-q", "--no-verify", "-m", message, "--", str(folder)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, check=False)
             if done.returncode == 0:
                 return
             err = done.stderr
@@ -446,7 +485,7 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
 
 
 def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, command: str, extend: int = 1,
-             keep: Keep = None, commit: bool = False, pre: dict[str, Any] | None = None) -> dict[str, Any]:
+             keep: Keep = None, commit: bool = False, reuse: bool = False, whole: bool = True) -> dict[str, Any]:
     """Run (or skip, when finished) every cell of ``grid`` whose group ``keep`` accepts, record by
     record into ``runs``; then the manifest beside the runs and, given ``report_dir``, the report."""
     methods, skipped = available_methods(grid.methods)
@@ -454,14 +493,13 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
     t0 = time.time()
     on_done = (lambda folder, rec: commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}")) \
         if commit else None
-    if pre is None:
-        pre = _pretrain_ladder(grid, runs, shared, on_done)
-    records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done)
+    pre = _pretrain_ladder(grid, runs, shared, on_done)
+    records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done, reuse)
     manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
-    if keep is None:  # a worker's manifest would describe part of the grid: only the whole run writes one
+    if keep is None and whole:  # a worker's (or --only's) manifest would describe part of the grid
         runs.mkdir(parents=True, exist_ok=True)
         (runs / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    if report_dir is not None and keep is None:
+    if report_dir is not None and keep is None and whole:
         write_report(manifest, runs, report_dir)
         if commit:
             commit_record(report_dir, f"{grid.name}: report regenerated from {len(records)} runs")
@@ -482,8 +520,16 @@ def run_workers(grid: Grid, a: argparse.Namespace) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen([*base, "--shard", f"{k}/{a.jobs}", "--no-report"], env=env) for k in range(a.jobs)]
-    codes = [p.wait() for p in procs]
-    return next((c for c in codes if c), 0)
+    try:
+        codes = [p.wait() for p in procs]
+    finally:  # stopped (signal, Ctrl+C): the workers stop too, each recording its run as interrupted
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+    bad = [c for c in codes if c]
+    return (128 - bad[0] if bad[0] < 0 else bad[0]) if bad else 0  # killed by signal N: 128 + N
 
 
 def runs_dir(a: argparse.Namespace, grid: Grid) -> Path:
@@ -619,9 +665,13 @@ def main(argv: list[str] | None = None) -> int:
     keep = None
     if shard is not None:
         mine = shard_of(grid, available_methods(grid.methods)[0], *shard)
-        keep = lambda c: c.group in mine  # noqa: E731
+        keep = lambda c: c.group in mine
     report = None if a.no_report or not a.report else Path(a.report)
-    m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit)
+    if report is not None and a.only:  # a report of some tasks would replace the whole grid's
+        print(f"--only: no report written; `peftbench report {runs} --out <folder>` reports what has finished",
+              file=sys.stderr)
+        report = None
+    m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit, reuse=a.jobs > 1, whole=not a.only)
     bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
     print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; records: {runs}")
     return 0

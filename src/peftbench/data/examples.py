@@ -199,6 +199,11 @@ def load_single(ds: Mapping[str, Any], data_dir: str | None) -> dict[str, SplitE
     if not one_doc:
         lo_val = max(1, lo_val)
         lo_test = max(lo_val, lo_test)
+    if "test" in derived and not 0 < lo_val <= lo_test - ("validation" in derived) < n:
+        unit = "characters" if one_doc else "rows"
+        raise DataError(f"{tr.source}: {n} {unit} are too few to cut validation ({fracs['validation']}) and test "
+                        f"({fracs['test']}) from the end and keep training data: every part needs at least one",
+                        option="dataset.test_fraction")
     hi_test = n
     bounds = {"train": (0, lo_val), "validation": (lo_val, lo_test), "test": (lo_test, hi_test)}
     if one_doc:

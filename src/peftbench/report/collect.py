@@ -129,16 +129,19 @@ def lower_is_better(metric: str) -> bool:
 
 
 def headline_metric(groups: Sequence[Group]) -> str | None:
-    """The metric to plot for a dataset: test over val, task metrics over losses."""
+    """The metric to plot for a dataset: the one its runs' dataset config names (``dataset.metric``,
+    e.g. CoLA's mcc), else the preferred; test over val, task metrics over losses."""
     names = sorted({m for g in groups for m in g.metrics if not m.endswith("_before")})
     if not names:
         return None
+    declared = {((r.get("config") or {}).get("dataset") or {}).get("metric") for g in groups for r in g.runs}
+    chosen = next(iter(declared)) if len(declared) == 1 else None
 
-    def rank(m: str) -> tuple[int, int, str]:
+    def rank(m: str) -> tuple[int, int, int, str]:
         split, _, base = m.rpartition("/")
         split_r = {"test": 0, "val": 1, "validation": 1, "eval": 1}.get(split, 2)
         base_r = PREFERRED.index(base) if base in PREFERRED else (len(PREFERRED) - 2)
-        return (base_r, split_r, m)
+        return (0 if base == chosen else 1, base_r, split_r, m)
 
     return min(names, key=rank)
 

@@ -132,7 +132,9 @@ def majority(groups: Sequence[Group]) -> tuple[dict[str, tuple[float, int]], lis
         for r in _ok_runs(g):
             for blk in (r.get("eval") or {}).values():
                 if isinstance(blk, dict) and blk.get("majority_rate") is not None and blk.get("metric"):
-                    seen.setdefault(str(blk["metric"]), set()).add((float(blk["majority_rate"]), int(blk.get("n") or 0)))
+                    # the majority rate is an accuracy, whatever the split's headline (CoLA's is MCC)
+                    col = f"{ev.split_of(str(blk['metric']))}/acc"
+                    seen.setdefault(col, set()).add((float(blk["majority_rate"]), int(blk.get("n") or 0)))
     out, notes = {}, []
     for m, vals in sorted(seen.items()):
         out[m] = min(vals)
@@ -152,6 +154,9 @@ def before(groups: Sequence[Group], metrics: Sequence[str]) -> dict[str, Stat]:
     return out
 
 
+CHANCE_ZERO = ("mcc", "matthews")  # correlation metrics: chance (and any constant predictor) is 0
+
+
 def baseline_flags(g: Group, metric: str, maj: dict[str, tuple[float, int]], v: Verdict) -> None:
     """≈ baseline: the mean accuracy is not significantly above the majority rate (exact one-sided
     binomial test on the n eval examples); plus "constant predictor" when predictions show one class."""
@@ -159,6 +164,13 @@ def baseline_flags(g: Group, metric: str, maj: dict[str, tuple[float, int]], v: 
     if any(ev.is_constant(r, split) for r in _ok_runs(g)):
         v.flags.append(Flag("constant", "constant predictor",
                             f"predicts one class for every {split} example (from its saved predictions)"))
+    if ev.base_of(metric) in CHANCE_ZERO and metric in g.metrics:
+        iv = v.intervals.get(metric)
+        if iv is not None and iv.lo <= 0.0:  # a constant (or random) predictor scores 0
+            v.flags.append(Flag("baseline", "≈ baseline",
+                                f"{metric} {g.metrics[metric].mean:.4f}: its 95% interval [{iv.lo:.4f}, {iv.hi:.4f}] "
+                                "includes 0, the score of a constant or random predictor"))
+        return
     if metric not in maj or metric not in g.metrics:
         return
     rate, n = maj[metric]
