@@ -276,3 +276,27 @@ def test_a_declared_metric_heads_the_table_and_mcc_near_zero_is_flagged(tmp_path
     assert t.referee.majority == {"test/acc": (0.69, 500)}
     flags = {g.method: {f.code for f in t.referee.of(g).flags} for g in t.groups}
     assert flags == {"full": set(), "ia3": {"baseline"}}
+
+
+def test_the_pass_after_the_workers_collects_their_records_and_trains_nothing(monkeypatch, tmp_path):
+    """After --jobs workers, the parent walks the grid with reuse: a record of the exact run is taken
+    whatever its status (a worker's failure is reported, not re-run by an unthrottled parent)."""
+    import peftbench.train as train_mod
+    from peftbench import results
+    from peftbench.config.compose import compose
+    from peftbench.run import record
+
+    overrides = ["model=bert", "model_size=tiny", "method=lora", "dataset=sst2", "seed=1"]
+    out = tmp_path / "cell"
+    rid = results.run_id(record.container(compose(overrides, output_dir=str(out))))
+    rec = results.empty_record(run_id=rid, seed=1, config={"seed": 1}, model={"family": "bert", "size": "tiny"},
+                               method={"name": "lora", "family": "reparameterized"},
+                               dataset={"name": "sst2", "task": "classification"})
+    rec.update(status="failed", error="diverged")
+    results.write(out, rec)
+    monkeypatch.setattr(train_mod, "train", lambda cfg: pytest.fail("the collecting pass trained"))
+    got = suite._run(overrides, out, reuse=True)
+    assert (got["status"], got["skipped"], got["error"]) == ("failed", True, "diverged")
+    # another configuration's record in the folder is not taken for this one
+    with pytest.raises(pytest.fail.Exception, match="trained"):
+        suite._run([*overrides[:-1], "seed=2"], out, reuse=True)

@@ -7,18 +7,21 @@ fatal. Model selection: for each (task, model, size, method) the lr with the bes
 A selected lr at an edge of its grid is extended by one step beyond it (``--extend-edges``
 rounds, default 1; each added run is listed in the manifest), since the optimum may lie there.
 
-Splits (stated in every report):
-- SST-2: select on ``dev.tsv`` (6,735 sentences held out of GLUE train; a fixed subset), report
-  ``test/*`` = ``validation.tsv`` (the 872-sentence GLUE dev set, never used for selection).
-- LM / SFT tasks: select and report on the held-out ``val_fraction`` tail of the corpus (there is no
-  third split); those numbers carry the selection's optimism, and the report says so.
+Splits (each task's ``splits`` line, stated in every report): the selection metric is read on a
+dev split (``val/*``) and the report shows the held-out split (``test/*``), never the same rows:
+SST-2 selects on a sample of ``dev.tsv`` (held out of GLUE train) and reports on ``validation.tsv``
+(GLUE dev); sets without a dev file cut it from the end of train (``dataset.val_fraction``), and
+LM/SFT corpora cut both (``dataset.test_fraction``).
+
+Runs: ``--jobs N`` single-thread workers over whole groups, records beside the report, each
+committed as it lands with ``--commit``; a relaunch continues where a stopped benchmark stopped.
 
 The grids are yaml, one file each: ``conf/benchmark/<grid>.yaml`` (tasks with their budgets and
 data overrides, models, methods, seeds, lr grids, the gpt2_local pretraining ladder); this module
 reads them, expands them into cells, runs, selects and writes the manifest.
 
 ``python -m peftbench.cli.suite [--grid standard_cpu|standard_quick|gpt2_modes] [--dry-run]``
-(``experiments/standard_cpu/run.sh`` wraps it and then writes ``reports/standard-cpu/``).
+(``experiments/standard_cpu/run.sh`` wraps it: ``--report reports/standard-cpu --jobs 2``).
 """
 
 from __future__ import annotations
