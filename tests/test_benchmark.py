@@ -300,3 +300,29 @@ def test_the_pass_after_the_workers_collects_their_records_and_trains_nothing(mo
     # another configuration's record in the folder is not taken for this one
     with pytest.raises(pytest.fail.Exception, match="trained"):
         suite._run([*overrides[:-1], "seed=2"], out, reuse=True)
+
+
+def test_seeds_run_at_the_winner_cannot_move_the_selection(tmp_path):
+    """The lr grid ran on seed 1; seeds 2 and 3 ran at its winner and scored lower there. Both the
+    suite and the report still compare the lrs on seed 1 alone (the seeds every lr has)."""
+    from peftbench import results
+    from peftbench.report import collect
+    from peftbench.report.referee import sweeps
+
+    t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
+    g = Grid("g", [t], ["lora"], seeds=[1, 2, 3], lrs={"default": [1e-3, 3e-3]}, common=())
+    val = {(1e-3, 1): 0.80, (3e-3, 1): 0.84, (3e-3, 2): 0.70, (3e-3, 3): 0.72}
+    recs = {Cell(t, "m", "s", "lora", lr, seed): {"status": "ok", "metrics": {"val/acc": v}} for (lr, seed), v in val.items()}
+    (row,) = suite.select(g, recs)
+    assert row["best_lr"] == 3e-3 and row["lr_scores"] == {"0.001": 0.80, "0.003": 0.84}
+    for i, ((lr, seed), v) in enumerate(val.items()):
+        rec = results.empty_record(
+            run_id=f"r{i}", seed=seed, config={"method": {"name": "lora"}, "seed": seed, "optim": {"lr": lr}},
+            model={"family": "m", "size": "s", "total": 1000}, method={"name": "lora", "family": "reparameterized"},
+            dataset={"name": "toy", "task": "classification"}, params={"trainable": 10, "total": 1000},
+            metrics={"val/acc": v, "test/acc": v})
+        results.write(tmp_path / f"run{i}", rec)
+    coll = collect([tmp_path])
+    (sw,) = sweeps(coll.groups, "test/acc")
+    sel = next(v for v, _, grp in sw.rows if grp is sw.selected)
+    assert sel == 3e-3 and [round(st.mean, 4) for _, st, _ in sw.rows] == [0.80, 0.84]

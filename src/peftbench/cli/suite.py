@@ -250,8 +250,8 @@ def _run(overrides: list[str], out: Path, reuse: bool = False) -> dict[str, Any]
 
 
 def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best lr per (task, model, size, method) by the selection metric (mean over the seeds run at
-    that lr: phase 1 runs the lr grid on the first seed only)."""
+    """Best lr per (task, model, size, method) by the selection metric, over the seeds every lr of
+    the group ran (phase 1: the first seed), so the other seeds run at the winner cannot move it."""
     from peftbench.report.collect import lower_is_better
 
     rows = []
@@ -261,9 +261,10 @@ def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, An
     for g, cs in groups.items():
         task = cs[0].task
         by_lr: dict[float, list[float]] = {}
+        common = set.intersection(*({c.seed for c in cs if c.lr == lr} for lr in {c.lr for c in cs}))
         for c in cs:
             v = records[c].get("metrics", {}).get(task.select)
-            if records[c].get("status") == "ok" and v is not None:
+            if records[c].get("status") == "ok" and v is not None and c.seed in common:
                 by_lr.setdefault(c.lr, []).append(float(v))
         scored = {lr: statistics.mean(v) for lr, v in by_lr.items()}
         best = (min if lower_is_better(task.select) else max)(scored, key=scored.get) if scored else None

@@ -296,7 +296,8 @@ def sweeps(groups: Sequence[Group], headline: str) -> list[Sweep]:
         if not vals or any(v is None for v in vals) or len(set(vals)) != len(vals):
             continue
         metric = _selection_metric(gs, headline)
-        rows = sorted(((v, g.metrics.get(metric), g) for v, g in zip(vals, gs)), key=lambda t: t[0])
+        common = set.intersection(*(_seeds(g, metric) for g in gs))
+        rows = sorted(((v, _on_seeds(g, metric, common), g) for v, g in zip(vals, gs)), key=lambda t: t[0])
         scored = [t for t in rows if t[1] is not None]
         sw = Sweep(method, differ[0], metric, rows)
         if scored:
@@ -304,6 +305,20 @@ def sweeps(groups: Sequence[Group], headline: str) -> list[Sweep]:
             sw.selected, sw.edge = best[2], stats.grid_edge([t[0] for t in rows], best[0])
         out.append(sw)
     return out
+
+
+def _seeds(g: Group, metric: str) -> set[int]:
+    return {int(r.get("seed", 0)) for r in g.runs if r.get("status") == "ok" and metric in (r.get("metrics") or {})}
+
+
+def _on_seeds(g: Group, metric: str, seeds: set[int]) -> Stat | None:
+    """``metric`` over the seeds every grid point has: a grid tuned on seed 1 whose winner then ran
+    more seeds is still compared on seed 1 alone, so adding seeds cannot move the selection. No
+    common seed: the mean over all."""
+    if not seeds:
+        return g.metrics.get(metric)
+    return Stat.of([r["metrics"][metric] for r in g.runs if r.get("status") == "ok"
+                    and int(r.get("seed", 0)) in seeds and metric in (r.get("metrics") or {})])
 
 
 def _selection_metric(gs: Sequence[Group], headline: str) -> str:
