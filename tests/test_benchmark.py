@@ -326,3 +326,15 @@ def test_seeds_run_at_the_winner_cannot_move_the_selection(tmp_path):
     (sw,) = sweeps(coll.groups, "test/acc")
     sel = next(v for v, _, grp in sw.rows if grp is sw.selected)
     assert sel == 3e-3 and [round(st.mean, 4) for _, st, _ in sw.rows] == [0.80, 0.84]
+
+
+def test_a_bad_override_in_the_grid_is_refused_before_any_run(monkeypatch, tmp_path, capsys):
+    bad = Task("sst2", ("dataset=sst2", "trainer.max_steps=1.5"), "val/acc", "test/acc", (("bert", "tiny"),))
+    typo = Task("mr", ("dataset=mrr",), "val/acc", "test/acc", (("bert", "tiny"),))
+    for task, why in ((bad, "trainer.max_steps"), (typo, "mrr")):
+        g = Grid("mine", [task], ["lora"], seeds=[1], lrs={"default": [1e-3]}, common=())
+        monkeypatch.setattr(suite, "grids", lambda g=g: {"mine": g, "standard_cpu": g})
+        monkeypatch.setattr(suite, "_run", lambda *a, **k: pytest.fail("a run started"))
+        assert suite.main(["--grid", "mine", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "refused before any run" in err and f"task {task.name}" in err and why in err

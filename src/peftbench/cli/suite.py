@@ -510,6 +510,23 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
     return manifest
 
 
+def preflight(grid: Grid, shared: Path) -> None:
+    """Compose one cell of every group and check its numbers before anything trains: a typo in a
+    task's overrides is refused here, by task, instead of stopping a worker hours in."""
+    from peftbench.config.compose import compose
+    from peftbench.config.plan import check_numbers
+
+    seen = set()
+    for c in cells(grid, available_methods(grid.methods)[0]):
+        if c.group in seen:
+            continue
+        seen.add(c.group)
+        try:
+            check_numbers(compose(c.overrides(grid, shared)))
+        except ConfigError as e:
+            raise ConfigError(f"grid {grid.name}, task {c.task.name} ({c.model}-{c.size}, {c.method}): {e}") from e
+
+
 def run_workers(grid: Grid, a: argparse.Namespace) -> int:
     """``--jobs N``: the ladder first (all threads), then N single-thread worker processes, each its
     share of the groups (``--shard k/N``); returns the first failing worker's exit code, else 0."""
@@ -660,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING)
     runs = runs_dir(a, grid)
+    if shard is None:  # the workers' parent checked already
+        try:
+            preflight(grid, shared)
+        except ConfigError as e:
+            print(f"refused before any run: {e}", file=sys.stderr)
+            return 2
     cmd = "python -m peftbench.cli.suite " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.jobs > 1:
         code = run_workers(grid, a)
