@@ -627,7 +627,7 @@ def dry_run(grid: Grid, shared: Path | None = None, extend: int = 1) -> list[str
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m peftbench.cli.suite", description=__doc__.splitlines()[0])
     p.add_argument("--grid", default="standard_cpu", choices=sorted(grids()))
     p.add_argument("--quick", action="store_true", help="the CI edition (= --grid standard_quick)")
@@ -651,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit", action="store_true",
                    help="git-commit each finished run's record (and the report) as it lands: a stopped benchmark "
                         "loses nothing, a later invocation continues where it stopped")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     if a.extend_edges < 0:
         p.error("--extend-edges must be >= 0")
