@@ -35,7 +35,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,14 +238,9 @@ def _run(overrides: list[str], out: Path, reuse: bool = False) -> dict[str, Any]
         from peftbench import results
         from peftbench.run import record
 
-        path = out / results.FILENAME
-        if path.exists():
-            try:
-                rec = results.read(path)
-            except results.SchemaError:
-                rec = None
-            if rec is not None and rec["run_id"] == results.run_id(record.container(cfg)) and rec["status"] != "running":
-                return {**rec, "skipped": True}
+        rec = record.finished_record(out, results.run_id(record.container(cfg)), results.STATUSES)
+        if rec is not None:
+            return {**rec, "skipped": True}
     return train(cfg)
 
 
@@ -351,7 +346,7 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) 
     return pre
 
 
-Keep = Any  # Callable[[Cell], bool]: the groups this process runs (a --shard worker's share)
+Keep = Callable[[Cell], bool] | None  # the groups this process runs (a --shard worker's share); None: all
 
 
 def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int = 1,
@@ -409,6 +404,11 @@ def shard_of(grid: Grid, methods: list[str], k: int, n: int) -> set[tuple[str, s
             load[i] += cost
             share[i].add(g)
     return share[k]
+
+
+def committer(grid: Grid, runs: Path) -> Callable[[Path, dict[str, Any]], None]:
+    """The --commit hook: one commit per run folder, named by its path under ``runs`` and its status."""
+    return lambda folder, rec: commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}")
 
 
 def commit_record(folder: Path, message: str) -> None:
@@ -495,8 +495,7 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
     methods, skipped = available_methods(grid.methods)
     extensions: list[dict[str, Any]] = []
     t0 = time.time()
-    on_done = (lambda folder, rec: commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}")) \
-        if commit else None
+    on_done = committer(grid, runs) if commit else None
     pre = _pretrain_ladder(grid, runs, shared, on_done)
     records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done, reuse)
     manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
@@ -534,7 +533,7 @@ def run_workers(grid: Grid, a: argparse.Namespace) -> int:
     import subprocess
 
     _pretrain_ladder(grid, runs_dir(a, grid), Path(a.out) / "pretrained",
-                     (lambda f, r: commit_record(f, f"{grid.name}: {f.name} {r['status']}")) if a.commit else None)
+                     committer(grid, runs_dir(a, grid)) if a.commit else None)
     base = [sys.executable, "-m", "peftbench.cli.suite", "--grid", grid.name, "--runs", str(runs_dir(a, grid)),
             "--out", a.out, "--extend-edges", str(a.extend_edges), *(["--only", a.only] if a.only else []),
             *(["--commit"] if a.commit else [])]

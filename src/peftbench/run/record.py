@@ -178,7 +178,8 @@ def check_writable(out: Path) -> None:
         raise ConfigError(f"output dir {out} has less than 50 MiB free", option="hydra.run.dir")
 
 
-def finished_record(out: Path, rid: str) -> dict[str, Any] | None:
+def finished_record(out: Path, rid: str, statuses: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
+    """The record of run ``rid`` in ``out`` if its status is one of ``statuses`` (default: finished)."""
     path = out / results.FILENAME
     if not path.exists():
         return None
@@ -186,7 +187,7 @@ def finished_record(out: Path, rid: str) -> dict[str, Any] | None:
         rec = results.read(path)
     except results.SchemaError:
         return None
-    return rec if rec["run_id"] == rid and rec["status"] == "ok" else None
+    return rec if rec["run_id"] == rid and rec["status"] in statuses else None
 
 
 def base_record(cfg: DictConfig, rid: str) -> dict[str, Any]:
