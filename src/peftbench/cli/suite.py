@@ -82,6 +82,9 @@ class Grid:
     # run folders of another grid with identical cells (same task budgets, lr grid, seeds, ladder): a
     # cell already finished there is skipped by its run id, not re-run
     runs_from: str | None = None
+    # rounds of one more lr beyond a selected edge; a grid key so every invocation (and every worker)
+    # selects alike — `--extend-edges` overrides it
+    extend_edges: int = 1
 
     def seeds_of(self, task: Task) -> list[int]:
         return list(task.seeds or self.seeds)
@@ -91,7 +94,7 @@ class Grid:
         return lrs.get(method, lrs["default"])
 
 
-GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks"}
+GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks", "extend_edges"}
 TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs", "cost", "splits"}
 
 
@@ -132,7 +135,7 @@ def load_grid(path: Path) -> Grid:
     return Grid(path.stem, tasks=[_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])],
                 methods=list(raw["methods"]), seeds=[int(s) for s in raw["seeds"]], lrs=_lrs(raw["lrs"]),
                 pretrain={str(k): int(v) for k, v in (raw.get("pretrain") or {}).items()},
-                runs_from=raw.get("runs_from"), **common)
+                runs_from=raw.get("runs_from"), extend_edges=int(raw.get("extend_edges", 1)), **common)
 
 
 def grids() -> dict[str, Grid]:
@@ -640,8 +643,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="report folder (e.g. reports/standard-cpu); the records go to "
                                                   "<report>/runs unless --runs says otherwise")
     p.add_argument("--runs", default=None, help="run records folder (default: <report>/runs, else <out>/<grid>/runs)")
-    p.add_argument("--extend-edges", type=int, default=1, metavar="N",
-                   help="rounds that add one lr beyond a grid edge the selection chose (0: never; default 1)")
+    p.add_argument("--extend-edges", type=int, default=None, metavar="N",
+                   help="rounds that add one lr beyond a grid edge the selection chose (0: never; default: the "
+                        "grid's extend_edges, else 1)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="N single-thread worker processes side by side (whole groups each; on 2 cores, 2 beats "
                         "one 2-thread process); the report is written once all have finished")
@@ -656,7 +660,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     a = p.parse_args(argv)
-    if a.extend_edges < 0:
+    if a.extend_edges is not None and a.extend_edges < 0:
         p.error("--extend-edges must be >= 0")
     if a.jobs < 1:
         p.error("--jobs must be >= 1")
@@ -675,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
         grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
+    if a.extend_edges is None:
+        a.extend_edges = grid.extend_edges
     shared = Path(a.out) / "pretrained"
     if a.dry_run:
         print("\n".join(dry_run(grid, shared, a.extend_edges)))
