@@ -210,6 +210,14 @@ def test_shard_and_jobs_are_checked(capsys):
         assert msg in capsys.readouterr().err
 
 
+def test_the_grid_names_its_edge_rounds_and_the_flag_overrides_them(capsys):
+    """Every invocation (and each --jobs worker) must extend alike, or a relaunch selects differently."""
+    assert grids()["standard_cpu"].extend_edges == 2 and grids()["standard_quick"].extend_edges == 1
+    for argv, rounds in (([], 2), (["--extend-edges", "0"], 0)):
+        assert suite.main(["--grid", "standard_cpu", "--only", "mr", "--dry-run", *argv]) == 0
+        assert f"up to {rounds} more lr(s)" in capsys.readouterr().out.splitlines()[-1]
+
+
 def test_ladder_paths_in_overrides_are_relative_to_the_repo(monkeypatch, tmp_path):
     """The ladder's path enters the run id: a benchmark resumed from another clone must find its runs."""
     monkeypatch.chdir(tmp_path)

@@ -4,8 +4,9 @@ Every cell is one ordinary ``train(cfg)`` run (same code as ``peftbench-train``)
 dir, so a relaunch skips finished cells (idempotent run ids) and a failed cell is recorded, not
 fatal. Model selection: for each (task, model, size, method) the lr with the best mean
 *selection* metric over seeds wins; the report shows those runs' numbers on the *held-out* split.
-A selected lr at an edge of its grid is extended by one step beyond it (``--extend-edges``
-rounds, default 1; each added run is listed in the manifest), since the optimum may lie there.
+A selected lr at an edge of its grid is extended by one step beyond it (the grid's
+``extend_edges`` rounds, default 1, or ``--extend-edges``; each added run is listed in the
+manifest), since the optimum may lie there.
 
 Splits (each task's ``splits`` line, stated in every report): the selection metric is read on a
 dev split (``val/*``) and the report shows the held-out split (``test/*``), never the same rows:
