@@ -336,6 +336,21 @@ def test_seeds_run_at_the_winner_cannot_move_the_selection(tmp_path):
     assert sel == 3e-3 and [round(st.mean, 4) for _, st, _ in sw.rows] == [0.80, 0.84]
 
 
+def test_an_lr_with_no_scored_run_does_not_undo_the_common_seed_rule():
+    """A grid point that failed on every seed has nothing to compare; it must not empty the common
+    seeds and let the winner's later seeds back into the comparison."""
+    from peftbench.report.stats import common_seeds
+
+    assert common_seeds([{1, 2, 3}, {1}, set()]) == {1} and common_seeds([set(), set()]) == set()
+    t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
+    g = Grid("g", [t], ["lora"], seeds=[1, 2, 3], lrs={"default": [1e-3, 3e-3, 1e-2]}, common=())
+    val = {(1e-3, 1): 0.80, (3e-3, 1): 0.79, (3e-3, 2): 0.90, (3e-3, 3): 0.90}
+    recs = {Cell(t, "m", "s", "lora", lr, seed): {"status": "ok", "metrics": {"val/acc": v}} for (lr, seed), v in val.items()}
+    recs[Cell(t, "m", "s", "lora", 1e-2, 1)] = {"status": "failed", "metrics": {}}
+    (row,) = suite.select(g, recs)
+    assert row["best_lr"] == 1e-3 and row["lr_scores"] == {"0.001": 0.80, "0.003": 0.79}
+
+
 def test_a_bad_override_in_the_grid_is_refused_before_any_run(monkeypatch, tmp_path, capsys):
     bad = Task("sst2", ("dataset=sst2", "trainer.max_steps=1.5"), "val/acc", "test/acc", (("bert", "tiny"),))
     typo = Task("mr", ("dataset=mrr",), "val/acc", "test/acc", (("bert", "tiny"),))

@@ -43,7 +43,7 @@ from typing import Any
 
 from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
-from peftbench.report.stats import grid_edge
+from peftbench.report.stats import common_seeds, grid_edge
 
 log = logging.getLogger("peftbench")
 
@@ -259,13 +259,13 @@ def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, An
         groups.setdefault(c.group, []).append(c)
     for g, cs in groups.items():
         task = cs[0].task
-        by_lr: dict[float, list[float]] = {}
-        common = set.intersection(*({c.seed for c in cs if c.lr == lr} for lr in {c.lr for c in cs}))
+        by_lr: dict[float, dict[int, float]] = {}
         for c in cs:
             v = records[c].get("metrics", {}).get(task.select)
-            if records[c].get("status") == "ok" and v is not None and c.seed in common:
-                by_lr.setdefault(c.lr, []).append(float(v))
-        scored = {lr: statistics.mean(v) for lr, v in by_lr.items()}
+            if records[c].get("status") == "ok" and v is not None:
+                by_lr.setdefault(c.lr, {})[c.seed] = float(v)
+        common = common_seeds(by_lr.values())
+        scored = {lr: statistics.mean(x for s, x in v.items() if s in common or not common) for lr, v in by_lr.items()}
         best = (min if lower_is_better(task.select) else max)(scored, key=scored.get) if scored else None
         tried = sorted({c.lr for c in cs})
         rows.append({"task": g[0], "model": g[1], "size": g[2], "method": g[3], "select_on": task.select,

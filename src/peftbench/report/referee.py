@@ -296,7 +296,7 @@ def sweeps(groups: Sequence[Group], headline: str) -> list[Sweep]:
         if not vals or any(v is None for v in vals) or len(set(vals)) != len(vals):
             continue
         metric = _selection_metric(gs, headline)
-        common = set.intersection(*(_seeds(g, metric) for g in gs))
+        common = stats.common_seeds(_seeds(g, metric) for g in gs)
         rows = sorted(((v, _on_seeds(g, metric, common), g) for v, g in zip(vals, gs)), key=lambda t: t[0])
         scored = [t for t in rows if t[1] is not None]
         sw = Sweep(method, differ[0], metric, rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 ALPHA = 0.05
@@ -202,6 +202,15 @@ def paired_bootstrap_pvalue(stat_a: Callable[[Any], Any], stat_b: Callable[[Any]
 
 
 # ---------------------------------------------------------------- tuning and convergence
+
+def common_seeds(seed_sets: Iterable[Iterable[int]]) -> set[int]:
+    """The seeds every grid point has a scored run on (a point with none is left out: it has nothing
+    to compare). The suite and the report both compare a grid's points on these alone, so seeds run
+    later at the winner cannot move the selection; empty when there is none in common."""
+    sets = [set(s) for s in seed_sets]
+    sets = [s for s in sets if s]
+    return set.intersection(*sets) if sets else set()
+
 
 def grid_edge(grid: Sequence[float], selected: float) -> str | None:
     """'low' / 'high' when ``selected`` is the smallest / largest of a grid of ≥ 2 values, else None:
