@@ -57,6 +57,20 @@ def test_classification_run_records_predictions_baseline_and_curves(compose_run,
     assert "val/acc_before" in rec["metrics"]  # the final file is the trained model's, not the before one's
 
 
+def test_a_curve_ends_at_the_final_step_when_the_interval_does_not_divide_it(compose_run, data_dir):
+    """7 steps at 2 points: Lightning validates at step 4 only; the pipeline scores the curve's subset
+    once more at step 7 with the final weights: the value the predictions give on those rows."""
+    from peftbench.train import train
+
+    rec = train(compose_run(*CLS, "trainer.max_steps=7", "measure.curve_points=2", "measure.curve_max_examples=24"))
+    assert rec["status"] == "ok", rec["error"]
+    pts = rec["curves"]["val"]["points"]
+    assert [s for s, _ in pts] == [4, 7]
+    p = _predictions(rec)
+    first = [a == b for i, a, b in zip(p["ids"], p["pred"], p["label"]) if i < 24]
+    assert pts[-1][1] == pytest.approx(sum(first) / 24, abs=1e-6)
+
+
 def test_curves_change_neither_training_nor_final_metrics(compose_run, data_dir):
     """Validating a capped subset during fit draws nothing from the RNG that dropout uses: the final
     full-split metrics and the train losses are identical with curves on and off."""

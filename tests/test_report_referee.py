@@ -189,3 +189,73 @@ def test_convergence_tolerance_respects_the_curve_subset(tmp_path: Path):
     for g in collect([tmp_path]).groups:
         out[g.method] = convergence_flag(g)
     assert out["x64"] is None and out["x1000"].code == "not_converged"
+
+
+def test_the_last_quarter_starts_at_the_point_nearest_three_quarters():
+    """150 steps at 4 points validate at 38, 76, 114, 150: the last quarter is 114 → 150, not 76 → 150."""
+    from peftbench.report import stats
+
+    pts = [[38, 0.70], [76, 0.80], [114, 0.85], [150, 0.855]]
+    assert stats.late_change(pts, lower_better=False) == pytest.approx((0.005, 0.85))
+    assert stats.late_change([[25, 2.0], [50, 1.5], [75, 1.2], [100, 1.0]], lower_better=True) == pytest.approx((0.2, 1.2))
+
+
+def _curve_run(root: Path, name: str, seed: int, points, sub: int = 256, **extra) -> None:
+    rec = results.empty_record(run_id=f"{name}{seed}", seed=seed, config={"seed": seed}, model={"family": "m", "size": "s"},
+                               method={"name": name, "family": "f"}, dataset={"name": "d"}, metrics={"val/acc": 0.8},
+                               curves={"val": {"metric": "val/acc", "subset": sub, "points": points}}, **extra)
+    results.write(root / f"{name}-{seed}", rec)
+
+
+def test_several_seeds_are_judged_by_their_mean_curve(tmp_path: Path):
+    """Seeds whose last checkpoints wobble both ways (+4 %, -4 %, 0) are converged on average; seeds
+    that all still rise by 3 % are not, and the flag says it read their mean."""
+    from peftbench.report.referee import convergence_flag
+
+    base = [[38, 0.70], [76, 0.80], [114, 0.84]]
+    for seed, end in ((1, 0.874), (2, 0.806), (3, 0.84)):
+        _curve_run(tmp_path, "wobbly", seed, [*base, [150, end]])
+    for seed in (1, 2, 3):
+        _curve_run(tmp_path, "rising", seed, [*base, [150, 0.865]])
+    flags = {g.method: convergence_flag(g) for g in collect([tmp_path]).groups}
+    assert flags["wobbly"] is None
+    assert flags["rising"].code == "not_converged" and "mean of 3 seeds" in flags["rising"].why
+
+
+@pytest.mark.parametrize("metric", ["acc", "mcc"])
+def test_a_curve_that_stopped_before_the_end_is_completed_from_the_predictions(tmp_path: Path, metric: str):
+    """Records whose last validation came before the final step (114 of 150) end their curve with the
+    final model's value on the same subset (its first rows), read from the per-example predictions."""
+    from peftbench.report import evidence, stats
+
+    n, sub = 20, 8
+    labels = [k % 2 for k in range(n)]
+    preds = [1 - y if k in (0, 3, 12) else y for k, y in enumerate(labels)]  # 2 of the first 8 wrong
+    run = tmp_path / "r"
+    (run / "predictions").mkdir(parents=True)
+    with gzip.open(run / "predictions" / "val.json.gz", "wt") as f:
+        json.dump({"ids": list(range(n)), "label": labels, "pred": preds}, f)
+    rec = results.empty_record(
+        run_id="r", seed=1, config={"seed": 1}, model={"family": "m", "size": "s"}, method={"name": "x", "family": "f"},
+        dataset={"name": "d"}, metrics={f"val/{metric}": 0.5},
+        eval={"val": {"n": n, "majority_rate": 0.5, "majority_label": 0, "metric": f"val/{metric}",
+                      "predictions": "predictions/val.json.gz"}},
+        curves={"val": {"metric": f"val/{metric}", "subset": sub, "points": [[38, 0.1], [76, 0.2], [114, 0.3]]},
+                "train_loss": [[50, 1.0], [100, 0.8], [150, 0.7]]})
+    results.write(run, rec)
+    (g,) = collect([tmp_path]).groups
+    name, pts = evidence.val_curve(g.runs[0])
+    want = 6 / 8 if metric == "acc" else stats.matthews(preds[:sub], labels[:sub])
+    assert name == f"val/{metric}" and pts[:3] == [[38, 0.1], [76, 0.2], [114, 0.3]] and pts[3] == [150, pytest.approx(want)]
+    assert metric == "acc" or want == pytest.approx(0.5)  # 2 of 8 wrong, one of each class: MCC 0.5
+
+
+def test_matthews_matches_the_binary_formula_and_is_zero_when_undefined():
+    from peftbench.report import stats
+
+    tp, tn, fp, fn = 5, 3, 1, 2
+    pred = [1] * tp + [0] * tn + [1] * fp + [0] * fn
+    label = [1] * tp + [0] * tn + [0] * fp + [1] * fn
+    binary = (tp * tn - fp * fn) / ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    assert stats.matthews(pred, label) == pytest.approx(binary)
+    assert stats.matthews([1, 1, 1], [0, 1, 0]) == 0.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftbench.report import stats
 from peftbench.report.collect import RUN_DIR, lower_is_better
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,48 @@ def is_constant(rec: dict[str, Any], split: str) -> bool | None:
     return len(set(map(str, p["pred"]))) == 1
 
 
+def subset_metric(rec: dict[str, Any], metric: str, n: int) -> float | None:
+    """``metric`` of the run's final model on the first ``n`` rows of its split (the convergence
+    curve's subset), from the per-example predictions; None when they cannot give it."""
+    if base_of(metric) in ("mcc", "matthews"):
+        p = predictions(rec, split_of(metric))
+        if p is None or not isinstance(p.get("pred"), list) or not isinstance(p.get("label"), list):
+            return None
+        rows = [(a, b) for i, a, b in zip(p["ids"], p["pred"], p["label"]) if int(i) < n]
+        return stats.matthews([a for a, _ in rows], [b for _, b in rows]) if len(rows) == n else None
+    ex = examples(rec, metric)
+    keep = [k for k, i in enumerate(ex.ids) if int(i) < n] if ex is not None else []
+    if ex is None or len(keep) != n:
+        return None
+    w = ex.weights or (1.0,) * len(ex.values)
+    total = sum(w[k] for k in keep)
+    return ex.transform(sum(ex.values[k] * w[k] for k in keep) / total) if total else None
+
+
+def final_step(rec: dict[str, Any]) -> float | None:
+    """The optimizer step training ended at: the train-loss curve's last step, else the budget's."""
+    tc = train_curve(rec)
+    if tc:
+        return tc[-1][0]
+    steps = (rec.get("budget") or {}).get("optimizer_steps")
+    return float(steps) if isinstance(steps, (int, float)) and steps > 0 else None
+
+
 def val_curve(rec: dict[str, Any]) -> tuple[str, list[list[float]]] | None:
+    """The validation curve; one that stops before the final step (records before the pipeline
+    closed its curves: 150 steps at 4 points ended at step 114) is completed with the final model's
+    value on the same subset, read from the predictions, so "the last quarter" is the end of training."""
     c = rec.get("curves")
     v = c.get("val") if isinstance(c, dict) else None
-    if isinstance(v, dict) and isinstance(v.get("points"), list) and v.get("metric"):
-        return str(v["metric"]), [list(map(float, pt)) for pt in v["points"] if len(pt) == 2]
-    return None
+    if not (isinstance(v, dict) and isinstance(v.get("points"), list) and v.get("metric")):
+        return None
+    metric, pts = str(v["metric"]), [list(map(float, pt)) for pt in v["points"] if len(pt) == 2]
+    end, sub = final_step(rec), v.get("subset")
+    if pts and end is not None and pts[-1][0] < end and isinstance(sub, int) and sub > 0:
+        last = subset_metric(rec, metric, sub)
+        if last is not None:
+            pts.append([end, last])
+    return metric, pts
 
 
 def train_curve(rec: dict[str, Any]) -> list[list[float]] | None:

@@ -201,6 +201,19 @@ def paired_bootstrap_pvalue(stat_a: Callable[[Any], Any], stat_b: Callable[[Any]
     return float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
 
 
+def matthews(pred: Sequence[Any], label: Sequence[Any]) -> float:
+    """Matthews correlation of two label sequences, multiclass (Gorodkin's R_K, the usual MCC for
+    two classes); 0 where it is undefined (one class predicted or present), as torchmetrics does."""
+    n = len(label)
+    classes = set(label) | set(pred)
+    correct = sum(a == b for a, b in zip(pred, label))
+    p = {k: sum(1 for a in pred if a == k) for k in classes}
+    t = {k: sum(1 for b in label if b == k) for k in classes}
+    cov = correct * n - sum(p[k] * t[k] for k in classes)
+    den = math.sqrt(n * n - sum(v * v for v in p.values())) * math.sqrt(n * n - sum(v * v for v in t.values()))
+    return cov / den if den else 0.0
+
+
 # ---------------------------------------------------------------- tuning and convergence
 
 def common_seeds(seed_sets: Iterable[Iterable[int]]) -> set[int]:
@@ -226,15 +239,25 @@ def grid_edge(grid: Sequence[float], selected: float) -> str | None:
 
 
 def late_change(points: Sequence[Sequence[float]], lower_better: bool) -> tuple[float, float] | None:
-    """(improvement, earlier value) over the last quarter of training: from the last point at or
-    before 75 % of the final step to the final point, in the better direction. None below two points."""
+    """(improvement, earlier value) over the last quarter of training: from the point nearest 75 %
+    of the final step to the final point, in the better direction (nearest, not "at or before": 150
+    steps at 4 points are 38, 76, 114, 150, and 114 is the quarter mark). None below two points."""
     pts = sorted((float(s), float(v)) for s, v in points)
     if len(pts) < 2:
         return None
     last_step, last = pts[-1]
-    earlier = [p for p in pts[:-1] if p[0] <= 0.75 * last_step] or pts[:1]
-    ref = earlier[-1][1]
+    ref = min(pts[:-1], key=lambda p: abs(p[0] - 0.75 * last_step))[1]
     return ((ref - last) if lower_better else (last - ref), ref)
+
+
+def mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]] | None:
+    """The pointwise mean of curves measured at the same steps (several seeds of one config), else None."""
+    if not curves:
+        return None
+    steps = [[float(s) for s, _ in c] for c in curves]
+    if any(st != steps[0] for st in steps) or not steps[0]:
+        return None
+    return [[s, statistics.fmean(float(c[i][1]) for c in curves)] for i, s in enumerate(steps[0])]
 
 
 def late_gain(points: Sequence[Sequence[float]], lower_better: bool) -> float | None:

@@ -153,6 +153,7 @@ def fit_and_evaluate(plan: Plan, adapted: Adapted, dm: Any, runtime: tuple[Any, 
     adapted.model.train()  # from_pretrained returns eval mode; dropout must be on while training
     with memory_cap(plan.budget.memory_limit_mb):  # PEFTBENCH_MEMORY_LIMIT_MB: a smaller machine, for real
         trainer.fit(lit, train_dataloaders=parts.train_loader, val_dataloaders=parts.val_loader, ckpt_path=parts.ckpt_path)
+    close_curve(trainer, lit, parts)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics.update(evaluate(trainer, lit, dm, row_ids=True))
@@ -176,6 +177,19 @@ def curve_loader(plan: Plan, dm: Any) -> Any:
     if not int(m.get("curve_points") or 0):
         return None
     return eval_loader(dm.val_dataloader(), limit=int(m.curve_max_examples), row_ids=False, generator=torch.Generator())
+
+
+def close_curve(trainer: Any, lit: Any, parts: Any) -> None:
+    """The convergence curve ends where training ended: when the steps are no multiple of its
+    interval (150 steps, 4 points: 38, 76, 114), Lightning's last validation came before the final
+    step, and a "last quarter" read off it would not be the end of training. Score the curve's
+    subset once more with the final weights."""
+    cv = parts.curves
+    if cv is None or parts.val_loader is None or (cv.points and cv.points[-1][0] >= trainer.global_step):
+        return
+    for r in trainer.validate(lit, dataloaders=parts.val_loader, verbose=False):
+        if cv.metric in r:
+            cv.points.append([int(trainer.global_step), float(r[cv.metric])])
 
 
 def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "", row_ids: bool = False) -> dict[str, float]:
