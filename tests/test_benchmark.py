@@ -210,6 +210,14 @@ def test_shard_and_jobs_are_checked(capsys):
         assert msg in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad", ["-1", "null", "1.5", "true"])
+def test_a_bad_extend_edges_in_a_grid_is_refused(tmp_path, bad):
+    p = tmp_path / "g.yaml"
+    p.write_text(f"methods: [lora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\nextend_edges: {bad}\ntasks: []\n")
+    with pytest.raises(ConfigError, match="extend_edges must be an integer >= 0"):
+        suite.load_grid(p)
+
+
 def test_the_grid_names_its_edge_rounds_and_the_flag_overrides_them(capsys):
     """Every invocation (and each --jobs worker) must extend alike, or a relaunch selects differently."""
     assert grids()["standard_cpu"].extend_edges == 2 and grids()["standard_quick"].extend_edges == 1
@@ -338,7 +346,8 @@ def test_seeds_run_at_the_winner_cannot_move_the_selection(tmp_path):
 
 def test_an_lr_with_no_scored_run_does_not_undo_the_common_seed_rule():
     """A grid point that failed on every seed has nothing to compare; it must not empty the common
-    seeds and let the winner's later seeds back into the comparison."""
+    seeds and let the winner's later seeds back into the comparison (a guard on the shared rule:
+    the suite's own copy of it already behaved so)."""
     from peftbench.report.stats import common_seeds
 
     assert common_seeds([{1, 2, 3}, {1}, set()]) == {1} and common_seeds([set(), set()]) == set()

@@ -71,15 +71,17 @@ def test_a_curve_ends_at_the_final_step_when_the_interval_does_not_divide_it(com
     assert pts[-1][1] == pytest.approx(sum(first) / 24, abs=1e-6)
 
 
-def test_curves_change_neither_training_nor_final_metrics(compose_run, data_dir):
-    """Validating a capped subset during fit draws nothing from the RNG that dropout uses: the final
-    full-split metrics and the train losses are identical with curves on and off."""
+@pytest.mark.parametrize("steps", [STEPS, STEPS + 1])  # 7 steps at 2 points: the curve is closed after fit
+def test_curves_change_neither_training_nor_final_metrics(compose_run, data_dir, steps):
+    """Validating a capped subset during fit (and once more after it) draws nothing from the RNG
+    that dropout uses: the final full-split metrics are identical with curves on and off."""
     from peftbench.train import train
 
-    off = train(compose_run(*CLS, "measure.curve_points=0", "measure.predictions=false"))
-    on = train(compose_run(*CLS, "measure.curve_points=2", "measure.curve_max_examples=8"))
+    off = train(compose_run(*CLS, f"trainer.max_steps={steps}", "measure.curve_points=0", "measure.predictions=false"))
+    on = train(compose_run(*CLS, f"trainer.max_steps={steps}", "measure.curve_points=2", "measure.curve_max_examples=8"))
     assert off["status"] == on["status"] == "ok", (off["error"], on["error"])
     assert "curves" not in off and len(on["curves"]["val"]["points"]) == 2
+    assert on["curves"]["val"]["points"][-1][0] == steps
     assert off["eval"]["val"]["predictions"] is None and off["eval"]["val"]["n"] == on["eval"]["val"]["n"] == VAL
     assert not (Path(off["config"]["paths"]["output_dir"]) / "predictions").exists()
     for k in ("val/acc", "val/loss", "val/f1"):

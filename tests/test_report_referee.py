@@ -191,12 +191,14 @@ def test_convergence_tolerance_respects_the_curve_subset(tmp_path: Path):
     assert out["x64"] is None and out["x1000"].code == "not_converged"
 
 
-def test_the_last_quarter_starts_at_the_point_nearest_three_quarters():
-    """150 steps at 4 points validate at 38, 76, 114, 150: the last quarter is 114 → 150, not 76 → 150."""
+def test_the_last_quarter_starts_at_three_quarters_not_at_half():
+    """150 steps at 4 points validate at 38, 76, 114, 150: the quarter mark 112.5 lies just before
+    114 (the old rule, "last point at or before 75 %", started at 76: the last half)."""
     from peftbench.report import stats
 
     pts = [[38, 0.70], [76, 0.80], [114, 0.85], [150, 0.855]]
-    assert stats.late_change(pts, lower_better=False) == pytest.approx((0.005, 0.85))
+    ref = 0.80 + 0.05 * (112.5 - 76) / 38
+    assert stats.late_change(pts, lower_better=False) == pytest.approx((0.855 - ref, ref))
     assert stats.late_change([[25, 2.0], [50, 1.5], [75, 1.2], [100, 1.0]], lower_better=True) == pytest.approx((0.2, 1.2))
 
 
@@ -250,12 +252,37 @@ def test_a_curve_that_stopped_before_the_end_is_completed_from_the_predictions(t
     assert metric == "acc" or want == pytest.approx(0.5)  # 2 of 8 wrong, one of each class: MCC 0.5
 
 
-def test_matthews_matches_the_binary_formula_and_is_zero_when_undefined():
+@pytest.mark.parametrize("pred,label,k", [
+    ([1, 1, 0, 0, 1, 0, 1, 0, 1, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 0], 2),  # ordinary binary
+    ([0] * 10, [0] * 7 + [1] * 3, 2),            # constant predictor: torchmetrics' eps rule, not 0
+    ([1, 1, 1], [0, 1, 0], 2), ([0, 0], [0, 0], 2), ([1, 1], [0, 0], 2),  # degenerate two-class cases
+    ([0, 1, 2, 2, 1, 0, 2], [0, 1, 1, 2, 1, 2, 2], 3), ([2] * 5, [0, 1, 2, 2, 1], 3)])  # multiclass
+def test_matthews_is_the_value_torchmetrics_draws_during_training(pred, label, k):
+    """A curve point completed from predictions must sit on the curve torchmetrics measured."""
+    import torch
+    from torchmetrics.classification import MulticlassMatthewsCorrCoef
+
     from peftbench.report import stats
 
-    tp, tn, fp, fn = 5, 3, 1, 2
-    pred = [1] * tp + [0] * tn + [1] * fp + [0] * fn
-    label = [1] * tp + [0] * tn + [0] * fp + [1] * fn
-    binary = (tp * tn - fp * fn) / ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
-    assert stats.matthews(pred, label) == pytest.approx(binary)
-    assert stats.matthews([1, 1, 1], [0, 1, 0]) == 0.0
+    want = float(MulticlassMatthewsCorrCoef(num_classes=k)(torch.tensor(pred), torch.tensor(label)))
+    assert stats.matthews(pred, label, k) == pytest.approx(want, abs=1e-6)
+
+
+def test_the_last_quarter_is_read_at_three_quarters_of_the_final_step():
+    """Five points (20 % apart): the reference is the value at 75 %, between the 60 % and 80 % points."""
+    from peftbench.report import stats
+
+    pts = [[20, 0.5], [40, 0.6], [60, 0.7], [80, 0.8], [100, 0.81]]
+    assert stats.late_change(pts, lower_better=False) == pytest.approx((0.035, 0.775))
+
+
+def test_seeds_that_end_at_different_steps_are_read_one_by_one(tmp_path: Path):
+    """No mean over curves that end at different steps (it would end before some seed's training
+    did): each seed is judged alone, and the flag names the seed."""
+    from peftbench.report.referee import convergence_flag
+
+    _curve_run(tmp_path, "mixed", 1, [[38, 0.70], [76, 0.80], [114, 0.84], [150, 0.845]])
+    _curve_run(tmp_path, "mixed", 2, [[38, 0.70], [76, 0.80], [114, 0.90]])
+    (g,) = collect([tmp_path]).groups
+    flag = convergence_flag(g)
+    assert flag.code == "not_converged" and "(seed 2)" in flag.why

@@ -133,10 +133,13 @@ def load_grid(path: Path) -> Grid:
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     _check_keys(raw, GRID_KEYS, {"methods", "seeds", "lrs", "tasks"}, str(path))
     common = {"common": tuple(raw["common"])} if "common" in raw else {}  # else the dataclass default
+    extend = raw.get("extend_edges", 1)
+    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+        raise ConfigError(f"{path}: extend_edges must be an integer >= 0, got {extend!r}", option="extend_edges")
     return Grid(path.stem, tasks=[_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])],
                 methods=list(raw["methods"]), seeds=[int(s) for s in raw["seeds"]], lrs=_lrs(raw["lrs"]),
                 pretrain={str(k): int(v) for k, v in (raw.get("pretrain") or {}).items()},
-                runs_from=raw.get("runs_from"), extend_edges=int(raw.get("extend_edges", 1)), **common)
+                runs_from=raw.get("runs_from"), extend_edges=extend, **common)
 
 
 def grids() -> dict[str, Grid]:

@@ -118,7 +118,12 @@ def subset_metric(rec: dict[str, Any], metric: str, n: int) -> float | None:
         if p is None or not isinstance(p.get("pred"), list) or not isinstance(p.get("label"), list):
             return None
         rows = [(a, b) for i, a, b in zip(p["ids"], p["pred"], p["label"]) if int(i) < n]
-        return stats.matthews([a for a, _ in rows], [b for _, b in rows]) if len(rows) == n else None
+        names = ((rec.get("config") or {}).get("dataset") or {}).get("label_names")
+        k = len(names) if isinstance(names, list) and names else None
+        try:
+            return stats.matthews([a for a, _ in rows], [b for _, b in rows], k) if len(rows) == n else None
+        except (TypeError, ValueError):  # labels that are not class indices
+            return None
     ex = examples(rec, metric)
     keep = [k for k, i in enumerate(ex.ids) if int(i) < n] if ex is not None else []
     if ex is None or len(keep) != n:

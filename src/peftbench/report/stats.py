@@ -201,17 +201,53 @@ def paired_bootstrap_pvalue(stat_a: Callable[[Any], Any], stat_b: Callable[[Any]
     return float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
 
 
-def matthews(pred: Sequence[Any], label: Sequence[Any]) -> float:
-    """Matthews correlation of two label sequences, multiclass (Gorodkin's R_K, the usual MCC for
-    two classes); 0 where it is undefined (one class predicted or present), as torchmetrics does."""
+F32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps
+
+
+def _binary_mcc(tn: int, fp: int, fn: int, tp: int) -> float:
+    """torchmetrics' two-class MCC, its degenerate cases included (a constant predictor is not 0
+    there), so that a value computed here sits on the curve torchmetrics drew during training."""
+    if tp + tn and not fp + fn:
+        return 1.0
+    if not tp + tn and fp + fn:
+        return -1.0
+    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    if den:
+        return (tp * tn - fp * fn) / math.sqrt(den)
+    e = F32_EPS
+    if fn == 0 and tn == 0:
+        num = math.sqrt(e) * (tp - fp)
+    elif fp == 0 and tn == 0:
+        num = math.sqrt(e) * (tp - fn)
+    elif tp == 0 and fn == 0:
+        num = math.sqrt(e) * (tn - fp)
+    elif tp == 0 and fp == 0:
+        num = math.sqrt(e) * (tn - fn)
+    elif tp == 0:
+        num = tn - fp * fn
+    elif tn == 0:
+        num = tp - fp * fn
+    elif fp == 0 or fn == 0:
+        num = tp * tn
+    else:
+        return 0.0
+    return num / math.sqrt((tp + fp + e) * (tp + fn + e) * (tn + fp + e) * (tn + fn + e))
+
+
+def matthews(pred: Sequence[int], label: Sequence[int], num_classes: int | None = None) -> float:
+    """Matthews correlation as torchmetrics' MulticlassMatthewsCorrCoef computes it (Gorodkin's R_K;
+    with two classes its binary rules); ``num_classes`` defaults to the largest label seen + 1."""
+    k = num_classes or max(2, 1 + max(int(x) for x in [*pred, *label]))
+    if k == 2:
+        pairs = list(zip(map(int, label), map(int, pred)))
+        return _binary_mcc(*(sum(1 for p in pairs if p == c) for c in ((0, 0), (0, 1), (1, 0), (1, 1))))
     n = len(label)
-    classes = set(label) | set(pred)
-    correct = sum(a == b for a, b in zip(pred, label))
-    p = {k: sum(1 for a in pred if a == k) for k in classes}
-    t = {k: sum(1 for b in label if b == k) for k in classes}
-    cov = correct * n - sum(p[k] * t[k] for k in classes)
-    den = math.sqrt(n * n - sum(v * v for v in p.values())) * math.sqrt(n * n - sum(v * v for v in t.values()))
-    return cov / den if den else 0.0
+    correct = sum(int(a) == int(b) for a, b in zip(pred, label))
+    p = [sum(1 for a in pred if int(a) == c) for c in range(k)]
+    t = [sum(1 for b in label if int(b) == c) for c in range(k)]
+    cov = correct * n - sum(pc * tc for pc, tc in zip(p, t))
+    den = (n * n - sum(v * v for v in p)) * (n * n - sum(v * v for v in t))
+    return cov / math.sqrt(den) if den else 0.0
 
 
 # ---------------------------------------------------------------- tuning and convergence
@@ -239,25 +275,32 @@ def grid_edge(grid: Sequence[float], selected: float) -> str | None:
 
 
 def late_change(points: Sequence[Sequence[float]], lower_better: bool) -> tuple[float, float] | None:
-    """(improvement, earlier value) over the last quarter of training: from the point nearest 75 %
-    of the final step to the final point, in the better direction (nearest, not "at or before": 150
-    steps at 4 points are 38, 76, 114, 150, and 114 is the quarter mark). None below two points."""
+    """(improvement, earlier value) over the last quarter of training: from the curve's value at 75 %
+    of the final step (linear between the points around it; the first point when it comes later) to
+    the final point, in the better direction. None below two points."""
     pts = sorted((float(s), float(v)) for s, v in points)
     if len(pts) < 2:
         return None
     last_step, last = pts[-1]
-    ref = min(pts[:-1], key=lambda p: abs(p[0] - 0.75 * last_step))[1]
+    at = 0.75 * last_step
+    ref = pts[0][1]
+    for (s0, v0), (s1, v1) in zip(pts, pts[1:]):
+        if s0 <= at <= s1:
+            ref = v0 + (v1 - v0) * (at - s0) / (s1 - s0) if s1 > s0 else v1
+            break
     return ((ref - last) if lower_better else (last - ref), ref)
 
 
 def mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]] | None:
-    """The pointwise mean of curves measured at the same steps (several seeds of one config), else None."""
-    if not curves:
+    """The pointwise mean of several seeds' curves over the steps all of them measured, or None when
+    they end at different steps or share fewer than two (the caller then reads each curve alone)."""
+    if not curves or any(not c for c in curves):
         return None
-    steps = [[float(s) for s, _ in c] for c in curves]
-    if any(st != steps[0] for st in steps) or not steps[0]:
+    shared = set.intersection(*({float(s) for s, _ in c} for c in curves))
+    if len(shared) < 2 or len({max(float(s) for s, _ in c) for c in curves}) > 1:
         return None
-    return [[s, statistics.fmean(float(c[i][1]) for c in curves)] for i, s in enumerate(steps[0])]
+    by_step = [{float(s): float(v) for s, v in c} for c in curves]
+    return [[s, statistics.fmean(c[s] for c in by_step)] for s in sorted(shared)]
 
 
 def late_gain(points: Sequence[Sequence[float]], lower_better: bool) -> float | None:
