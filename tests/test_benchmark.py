@@ -360,6 +360,32 @@ def test_an_lr_with_no_scored_run_does_not_undo_the_common_seed_rule():
     assert row["best_lr"] == 1e-3 and row["lr_scores"] == {"0.001": 0.80, "0.003": 0.79}
 
 
+def test_a_validation_tie_with_an_edge_value_extends_that_edge(tmp_path):
+    """1e-3 and the top value 3e-3 tie on validation (0.865 on 400 sentences is common): the lower
+    lr is selected, but the optimum may lie beyond 3e-3, so the suite extends the grid there and the
+    report flags the edge, naming the tied value."""
+    from peftbench import results
+    from peftbench.report import collect
+    from peftbench.report.referee import edge_flag, sweeps
+
+    t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
+    g = Grid("g", [t], ["lora"], seeds=[1], lrs={"default": [3e-4, 1e-3, 3e-3]}, common=())
+    val = {3e-4: 0.80, 1e-3: 0.865, 3e-3: 0.865}
+    recs = {Cell(t, "m", "s", "lora", lr, 1): {"status": "ok", "metrics": {"val/acc": v}} for lr, v in val.items()}
+    (row,) = suite.select(g, recs)
+    assert row["best_lr"] == 1e-3 and row["edge"] == "high"
+    assert suite.next_lr(list(val), "high") == pytest.approx(9e-3)
+    for i, (lr, v) in enumerate(val.items()):
+        rec = results.empty_record(
+            run_id=f"r{i}", seed=1, config={"method": {"name": "lora"}, "seed": 1, "optim": {"lr": lr}},
+            model={"family": "m", "size": "s", "total": 1000}, method={"name": "lora", "family": "reparameterized"},
+            dataset={"name": "toy", "task": "classification"}, params={"trainable": 10, "total": 1000},
+            metrics={"val/acc": v, "test/acc": v})
+        results.write(tmp_path / f"run{i}", rec)
+    (sw,) = sweeps(collect([tmp_path]).groups, "test/acc")
+    assert sw.edge == "high" and "ties on val/acc with lr=0.003, the largest value" in edge_flag(sw).why
+
+
 def test_a_bad_override_in_the_grid_is_refused_before_any_run(monkeypatch, tmp_path, capsys):
     bad = Task("sst2", ("dataset=sst2", "trainer.max_steps=1.5"), "val/acc", "test/acc", (("bert", "tiny"),))
     typo = Task("mr", ("dataset=mrr",), "val/acc", "test/acc", (("bert", "tiny"),))

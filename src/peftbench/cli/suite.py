@@ -43,7 +43,7 @@ from typing import Any
 
 from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
-from peftbench.report.stats import common_seeds, grid_edge
+from peftbench.report.stats import common_seeds, tied_edge
 
 log = logging.getLogger("peftbench")
 
@@ -273,7 +273,7 @@ def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, An
         tried = sorted({c.lr for c in cs})
         rows.append({"task": g[0], "model": g[1], "size": g[2], "method": g[3], "select_on": task.select,
                      "report": task.report, "lr_scores": {f"{k:g}": v for k, v in sorted(scored.items())},
-                     "best_lr": best, "edge": grid_edge(tried, best) if best is not None else None,
+                     "best_lr": best, "edge": (tied_edge(tried, scored, best) or (None,))[0] if best is not None else None,
                      "selected_runs": [c.rel_dir() for c in cs if c.lr == best]})
     return rows
 

@@ -58,6 +58,7 @@ class Sweep:
     rows: list[tuple[float, Stat | None, Group]]
     selected: Group | None = None
     edge: str | None = None
+    edge_value: float | None = None  # the edge value: the selected one, or one tied with it
 
 
 @dataclass
@@ -302,7 +303,8 @@ def sweeps(groups: Sequence[Group], headline: str) -> list[Sweep]:
         sw = Sweep(method, differ[0], metric, rows)
         if scored:
             best = (min if lower_is_better(metric) else max)(scored, key=lambda t: t[1].mean)
-            sw.selected, sw.edge = best[2], stats.grid_edge([t[0] for t in rows], best[0])
+            hit = stats.tied_edge([t[0] for t in rows], {t[0]: t[1].mean for t in scored}, best[0])
+            sw.selected, sw.edge, sw.edge_value = best[2], *(hit or (None, None))
         out.append(sw)
     return out
 
@@ -331,8 +333,10 @@ def edge_flag(sw: Sweep) -> Flag:
     grid = ", ".join(f"{v:g}" for v, _, _ in sw.rows)
     sel = next(v for v, _, g in sw.rows if g is sw.selected)
     side = "largest" if sw.edge == "high" else "smallest"
+    at = sel if sw.edge_value is None or sw.edge_value == sel else sw.edge_value
+    what = f"is the {side} value" if at == sel else f"ties on {sw.metric} with {short}={at:g}, the {side} value,"
     return Flag("edge", f"{short} at grid edge",
-                f"selected {short}={sel:g} (best {sw.metric}) is the {side} value of the grid {{{grid}}}: "
+                f"selected {short}={sel:g} (best {sw.metric}) {what} of the grid {{{grid}}}: "
                 f"the optimum may lie beyond it; extend the grid")
 
 

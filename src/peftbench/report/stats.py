@@ -274,6 +274,17 @@ def grid_edge(grid: Sequence[float], selected: float) -> str | None:
     return None
 
 
+def tied_edge(grid: Sequence[float], scores: dict[float, float], selected: float) -> tuple[str, float] | None:
+    """(edge, value) when the selected value, or one tied with it on the selection score, is at an
+    edge of the grid: a tie with an edge value leaves the optimum possibly beyond that edge too."""
+    top = scores.get(selected)
+    for v in [selected, *sorted(scores)]:
+        edge = grid_edge(grid, v) if scores.get(v) == top else None
+        if edge:
+            return edge, float(v)
+    return None
+
+
 def late_change(points: Sequence[Sequence[float]], lower_better: bool) -> tuple[float, float] | None:
     """(improvement, earlier value) over the last quarter of training: from the curve's value at 75 %
     of the final step (linear between the points around it; the first point when it comes later) to
