@@ -375,6 +375,9 @@ def test_a_validation_tie_with_an_edge_value_extends_that_edge(tmp_path):
     (row,) = suite.select(g, recs)
     assert row["best_lr"] == 1e-3 and row["edge"] == "high"
     assert suite.next_lr(list(val), "high") == pytest.approx(9e-3)
+    # an extension below the grid that ties is run last but, as in the report, wins the tie
+    (row,) = suite.select(g, {**recs, Cell(t, "m", "s", "lora", 1e-4, 1): {"status": "ok", "metrics": {"val/acc": 0.865}}})
+    assert row["best_lr"] == 1e-4
     for i, (lr, v) in enumerate(val.items()):
         rec = results.empty_record(
             run_id=f"r{i}", seed=1, config={"method": {"name": "lora"}, "seed": 1, "optim": {"lr": lr}},

@@ -263,7 +263,7 @@ def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, An
     for g, cs in groups.items():
         task = cs[0].task
         by_lr: dict[float, dict[int, float]] = {}
-        for c in cs:
+        for c in sorted(cs, key=lambda c: (c.lr, c.seed)):  # a tie goes to the smallest lr, as in the report
             v = records[c].get("metrics", {}).get(task.select)
             if records[c].get("status") == "ok" and v is not None:
                 by_lr.setdefault(c.lr, {})[c.seed] = float(v)
