@@ -88,11 +88,13 @@ def test_grid_edge_detection():
 
 def test_convergence_flag():
     rising = [[20, 0.6], [40, 0.7], [60, 0.75], [80, 0.8], [100, 0.85]]
-    # reference = last point at or before step 75 (0.75): gain (0.85 − 0.75) / 0.75
-    assert stats.late_gain(rising, lower_better=False) == pytest.approx(0.1 / 0.75)
+    # reference = the curve at step 75, between 60 (0.75) and 80 (0.80): 0.7875
+    assert stats.late_gain(rising, lower_better=False) == pytest.approx((0.85 - 0.7875) / 0.7875)
     assert stats.not_converged(rising, lower_better=False) is True
     flat = [[20, 0.6], [40, 0.84], [60, 0.85], [80, 0.851], [100, 0.852]]
     assert stats.not_converged(flat, lower_better=False) is False
-    loss = [[10, 2.0], [100, 1.0]]  # loss halves over the run: still improving
-    assert stats.late_gain(loss, lower_better=True) == pytest.approx(0.5)
+    loss = [[10, 2.0], [100, 1.0]]  # loss halves over the run: at step 75 it is 2 − 65/90, still improving
+    ref = 2.0 - 65 / 90
+    assert stats.late_gain(loss, lower_better=True) == pytest.approx((ref - 1.0) / ref)
+    assert stats.late_gain([[80, 0.5], [100, 0.6]], lower_better=False) == pytest.approx(0.2)  # 75 % before the first point
     assert stats.not_converged([[10, 1.0]], lower_better=True) is None
