@@ -333,7 +333,7 @@ def edge_flag(sw: Sweep) -> Flag:
     grid = ", ".join(f"{v:g}" for v, _, _ in sw.rows)
     sel = next(v for v, _, g in sw.rows if g is sw.selected)
     side = "largest" if sw.edge == "high" else "smallest"
-    at = sel if sw.edge_value is None or sw.edge_value == sel else sw.edge_value
+    at = sel if sw.edge_value is None else sw.edge_value
     what = f"is the {side} value" if at == sel else f"ties on {sw.metric} with {short}={at:g}, the {side} value,"
     return Flag("edge", f"{short} at grid edge",
                 f"selected {short}={sel:g} (best {sw.metric}) {what} of the grid {{{grid}}}: "
@@ -356,16 +356,17 @@ def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None |
     than ``tol`` (relative) over the last quarter of training; False when no run has curves. Several
     seeds are read through their mean curve: one seed's curve on a capped subset wobbles by a few
     examples between checkpoints, and the worst of three wobbles would flag a converged config."""
-    series: dict[tuple[str, bool], list[tuple[list[list[float]], int, float]]] = {}
+    series: dict[str, list[tuple[list[list[float]], int, float]]] = {}
     for r in _ok_runs(g):
         vc = ev.val_curve(r)
-        name, pts, lower = (vc[0], vc[1], lower_is_better(vc[0])) if vc else ("train loss", ev.train_curve(r), True)
+        name, pts = vc if vc else ("train loss", ev.train_curve(r))
         if pts and len(pts) >= 2:
-            series.setdefault((name, lower), []).append((pts, int(r["seed"]), _curve_noise(r, name)))
+            series.setdefault(name, []).append((pts, int(r["seed"]), _curve_noise(r, name)))
     if not series:
         return False
     worst: tuple[float, str] | None = None
-    for (name, lower), runs in series.items():
+    for name, runs in series.items():
+        lower = name == "train loss" or lower_is_better(name)
         mean = stats.mean_curve([pts for pts, _, _ in runs]) if len(runs) > 1 else None
         cands = [(mean, f"mean of {len(runs)} seeds", max(n for _, _, n in runs))] if mean else \
             [(pts, f"seed {seed}", noise) for pts, seed, noise in runs]
