@@ -224,6 +224,29 @@ def test_several_seeds_are_judged_by_their_mean_curve(tmp_path: Path):
     assert flags["rising"].code == "not_converged" and "mean of 3 seeds" in flags["rising"].why
 
 
+def test_a_bounded_score_near_zero_is_judged_in_points_not_relative_to_zero(tmp_path: Path):
+    """CoLA's MCC of a near-constant predictor creeps from 0.010 to 0.018: +80 % relative, but under
+    one point of MCC (0.006 over the last quarter), which is no sign of an unfinished run; a loss is still judged relative."""
+    from peftbench.report.referee import convergence_flag
+
+    def run(name: str, metric: str, points) -> None:
+        rec = results.empty_record(run_id=name, seed=1, config={"seed": 1}, model={"family": "m", "size": "s"},
+                                   method={"name": name, "family": "f"}, dataset={"name": "d"},
+                                   metrics={metric: points[-1][1]},
+                                   curves={"val": {"metric": metric, "subset": 400, "points": points}})
+        results.write(tmp_path / name, rec)
+
+    run("mcc_creep", "val/mcc", [[50, 0.0], [100, 0.010], [150, 0.018]])
+    run("mcc_rise", "val/mcc", [[50, 0.0], [100, 0.10], [150, 0.18]])
+    run("loss_drop", "val/loss", [[50, 0.30], [100, 0.20], [150, 0.1985]])  # 0.6 % relative: converged
+    run("loss_fall", "val/loss", [[50, 0.30], [100, 0.20], [150, 0.19]])   # 3.8 % relative from 0.1975
+    flags = {g.method: convergence_flag(g) for g in collect([tmp_path]).groups}
+    assert flags["mcc_creep"] is None and flags["loss_drop"] is None
+    assert flags["mcc_rise"].code == "not_converged" and "6.0 points" in flags["mcc_rise"].why
+    assert "tolerance 1 point" in flags["mcc_rise"].why
+    assert flags["loss_fall"].code == "not_converged" and "3.8%" in flags["loss_fall"].why
+
+
 @pytest.mark.parametrize("metric", ["acc", "mcc"])
 def test_a_curve_that_stopped_before_the_end_is_completed_from_the_predictions(tmp_path: Path, metric: str):
     """Records whose last validation came before the final step (114 of 150) end their curve with the

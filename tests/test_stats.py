@@ -90,11 +90,11 @@ def test_convergence_flag():
     rising = [[20, 0.6], [40, 0.7], [60, 0.75], [80, 0.8], [100, 0.85]]
     # reference = the curve at step 75, between 60 (0.75) and 80 (0.80): 0.7875
     assert stats.late_gain(rising, lower_better=False) == pytest.approx((0.85 - 0.7875) / 0.7875)
-    assert stats.not_converged(rising, lower_better=False) is True
+    assert stats.late_gain(rising, lower_better=False, relative=False) == pytest.approx(0.85 - 0.7875)
     flat = [[20, 0.6], [40, 0.84], [60, 0.85], [80, 0.851], [100, 0.852]]
-    assert stats.not_converged(flat, lower_better=False) is False
+    assert stats.late_gain(flat, lower_better=False) < stats.CONVERGE_TOL
     loss = [[10, 2.0], [100, 1.0]]  # loss halves over the run: at step 75 it is 2 − 65/90, still improving
     ref = 2.0 - 65 / 90
     assert stats.late_gain(loss, lower_better=True) == pytest.approx((ref - 1.0) / ref)
     assert stats.late_gain([[80, 0.5], [100, 0.6]], lower_better=False) == pytest.approx(0.2)  # 75 % before the first point
-    assert stats.not_converged([[10, 1.0]], lower_better=True) is None
+    assert stats.late_gain([[10, 1.0]], lower_better=True) is None

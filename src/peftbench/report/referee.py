@@ -103,6 +103,7 @@ def _metric_values(g: Group, metric: str) -> list[float]:
 # ---------------------------------------------------------------- intervals
 
 _UNIT_RANGE = ("acc", "f1", "precision", "recall")  # scores in [0, 1]: a t-interval is clipped to it
+_BOUNDED = (*_UNIT_RANGE, "mcc")  # scores whose progress is read in points, not relative to a value near 0
 
 
 def interval(g: Group, metric: str) -> Interval | None:
@@ -353,9 +354,11 @@ def _curve_noise(rec: dict[str, Any], metric: str) -> float:
 
 def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None | bool:
     """A "not converged" flag when the validation curve (else the train loss) still improved by more
-    than ``tol`` (relative) over the last quarter of training; False when no run has curves. Several
-    seeds are read through their mean curve: one seed's curve on a capped subset wobbles by a few
-    examples between checkpoints, and the worst of three wobbles would flag a converged config."""
+    than ``tol`` over the last quarter of training (relative for a loss or perplexity, in points for a
+    bounded score: MCC near 0 would make any wobble a large relative gain); False when no run has
+    curves. Several seeds are read through their mean curve: one seed's curve on a capped subset
+    wobbles by a few examples between checkpoints, and the worst of three wobbles would flag a
+    converged config."""
     series: dict[str, list[tuple[list[list[float]], int, float]]] = {}
     for r in _ok_runs(g):
         vc = ev.val_curve(r)
@@ -364,21 +367,24 @@ def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None |
             series.setdefault(name, []).append((pts, int(r["seed"]), _curve_noise(r, name)))
     if not series:
         return False
-    worst: tuple[float, str] | None = None
+    worst: tuple[float, str, bool] | None = None
     for name, runs in series.items():
         lower = name == "train loss" or lower_is_better(name)
+        points = name != "train loss" and any(k in ev.base_of(name).lower() for k in _BOUNDED)
         mean = stats.mean_curve([pts for pts, _, _ in runs]) if len(runs) > 1 else None
         cands = [(mean, f"mean of {len(runs)} seeds", max(n for _, _, n in runs))] if mean else \
             [(pts, f"seed {seed}", noise) for pts, seed, noise in runs]
         for pts, who, noise in cands:
-            ch = stats.late_change(pts, lower)
-            gain = ch[0] / max(abs(ch[1]), 1e-12) if ch else 0.0
-            if ch and gain > tol and ch[0] > noise and (worst is None or gain > worst[0]):
-                worst = (gain, f"{name} ({who}) still improved by {100 * gain:.1f}%")
+            gain = stats.late_gain(pts, lower, relative=not points)
+            # noise (two subset examples) is non-zero only for bounded scores, i.e. in the gain's units
+            if gain is not None and gain > max(tol, noise) and (worst is None or gain > worst[0]):
+                amount = f"{100 * gain:.1f} points" if points else f"{100 * gain:.1f}%"
+                worst = (gain, f"{name} ({who}) still improved by {amount}", points)
     if worst is None:
         return None
+    limit = f"{100 * tol:.0f} point" if worst[2] else f"{100 * tol:.0f}%"
     return Flag("not_converged", "not converged",
-                f"{worst[1]} over the last quarter of training (tolerance {100 * tol:.0f}%): the budget was too "
+                f"{worst[1]} over the last quarter of training (tolerance {limit}): the budget was too "
                 f"short to compare end points")
 
 

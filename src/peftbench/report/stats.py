@@ -17,7 +17,8 @@ from typing import Any
 ALPHA = 0.05
 N_BOOT = 2000
 BOOT_SEED = 0
-CONVERGE_TOL = 0.01  # relative gain over the last quarter of training that still counts as "improving"
+CONVERGE_TOL = 0.01  # gain over the last quarter of training that still counts as "improving": 1 % of a
+#                     loss or perplexity, 0.01 (one point) of a bounded score
 
 
 # ---------------------------------------------------------------- binomial
@@ -314,13 +315,11 @@ def mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]
     return [[s, statistics.fmean(c[s] for c in by_step)] for s in sorted(shared)]
 
 
-def late_gain(points: Sequence[Sequence[float]], lower_better: bool) -> float | None:
-    """``late_change``'s improvement relative to |earlier value|."""
+def late_gain(points: Sequence[Sequence[float]], lower_better: bool, relative: bool = True) -> float | None:
+    """``late_change``'s improvement: relative to |earlier value| (a loss, a perplexity), or in the
+    metric's own units (``relative=False``: a bounded score such as accuracy or MCC, whose value near
+    0 would turn a small absolute change into a huge relative one)."""
     ch = late_change(points, lower_better)
-    return None if ch is None else ch[0] / max(abs(ch[1]), 1e-12)
-
-
-def not_converged(points: Sequence[Sequence[float]], lower_better: bool, tol: float = CONVERGE_TOL) -> bool | None:
-    """True when the curve still improved by more than ``tol`` (relative) over its last quarter."""
-    g = late_gain(points, lower_better)
-    return None if g is None else g > tol
+    if ch is None:
+        return None
+    return ch[0] / max(abs(ch[1]), 1e-12) if relative else ch[0]
