@@ -218,6 +218,18 @@ def test_a_bad_extend_edges_in_a_grid_is_refused(tmp_path, bad):
         suite.load_grid(p)
 
 
+@pytest.mark.parametrize("bad", ["[]", "[full, full]", "[dora]", "lora"])
+def test_bad_references_in_a_grid_are_refused(tmp_path, bad):
+    """A reference the grid never runs would fail the report after the whole benchmark: refuse it first."""
+    p = tmp_path / "g.yaml"
+    p.write_text(f"methods: [full, lora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\nreferences: {bad}\ntasks: []\n")
+    with pytest.raises(ConfigError, match="references must list distinct methods"):
+        suite.load_grid(p)
+    p.write_text("methods: [full, lora]\nseeds: [1]\nlrs: {default: [1.0e-3]}\ntasks: []\n")
+    assert suite.load_grid(p).references == ("full",)
+    assert grids()["standard_cpu"].references == ("full", "lora")
+
+
 def test_the_grid_names_its_edge_rounds_and_the_flag_overrides_them(capsys):
     """Every invocation (and each --jobs worker) must extend alike, or a relaunch selects differently."""
     assert grids()["standard_cpu"].extend_edges == 2 and grids()["standard_quick"].extend_edges == 1
@@ -258,7 +270,12 @@ def test_quick_edition_end_to_end_with_two_workers_and_a_resume(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.read_bytes() for p in runs.rglob("results.json")} == records  # nothing re-run or rewritten
-    regen = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", str(runs), "--out", str(tmp_path / "r2")],
+    # the grid's references (lora, bitfit): a column and a note, and the arguments that regenerate them
+    assert (report / "report-args").read_text() == "--reference lora,bitfit\n"
+    md = (report / "report.md").read_text()
+    assert "| vs lora (" in md and "_vs bitfit [lr=" in md
+    regen = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", str(runs), "--out", str(tmp_path / "r2"),
+                            *(report / "report-args").read_text().split()],
                            cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert regen.returncode == 0, regen.stderr[-2000:]
     assert (tmp_path / "r2" / "report.md").read_bytes() == (report / "report.md").read_bytes()

@@ -129,6 +129,20 @@ def test_reference_option_and_old_records(sweep: Path, tmp_path: Path):
     assert any(n.startswith("convergence: n/a") for n in t.notes)
 
 
+def test_further_references_are_tested_in_a_note(sweep: Path):
+    """`--reference full,lora`: the column stays against full; a note tests every other selected row
+    against lora (the literature's LoRA-vs-BitFit question), on the same examples and seeds."""
+    (t,) = build_tables(collect([sweep]), "full", ["lora"])
+    assert t.referee.ref_group.method == "full"
+    (note,) = [n for n in t.notes if n.startswith("vs lora")]
+    # ia3 (seed 1) is wrong on 0–39, lora on 5–34: 10 examples only lora gets right, none the other way
+    assert "ia3 -0.0500 (p=0.002)" in note and "full ≈ (+0.0000, p=1.000)" in note and "McNemar" in note
+    assert "bitfit [lr=0.001]" in note and "bitfit [lr=0.0001]" not in note  # selected rows only
+    assert "lora ≈" not in note and "lora -" not in note  # not tested against itself
+    (t,) = build_tables(collect([sweep]), "full", ["nope"])
+    assert any(n.startswith("vs nope: n/a") for n in t.notes)
+
+
 def test_paired_bootstrap_on_lm_losses(tmp_path: Path):
     """Per-example token losses: a uniformly lower loss is significant by the paired bootstrap."""
     for i, (m, shift) in enumerate((("full", 0.0), ("lora", 0.5))):
@@ -158,6 +172,10 @@ def test_cli_reference_option(sweep: Path, tmp_path: Path):
     p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
                         "--reference", "nope"], capture_output=True, text=True, check=False)
     assert p.returncode == 2 and "--reference nope: no such method" in p.stderr and not (tmp_path / "x").exists()
+    for bad, why in (("full,nope", "no such method 'nope'"), ("lora,lora", "repeated method"), ("full,", "no such method ''")):
+        p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
+                            "--reference", bad], capture_output=True, text=True, check=False)
+        assert p.returncode == 2 and why in p.stderr and not (tmp_path / "x").exists(), (bad, p.stderr[-500:])
 
 
 def test_predictions_path_outside_the_run_is_not_read(sweep: Path, tmp_path: Path):

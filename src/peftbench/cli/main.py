@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: <first dir>/report)")
     r.add_argument("--formats", default="md,csv,tex,html", help="comma list of md,csv,tex,html")
     r.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
-    r.add_argument("--reference", default=None, metavar="METHOD",
-                   help="method every row is paired-tested against, per model and dataset (default: full)")
+    r.add_argument("--reference", default=None, metavar="METHOD[,METHOD]",
+                   help="method every row is paired-tested against, per model and dataset (default: full); "
+                        "more after a comma (full,lora) are tested in a note under each table")
     r.set_defaults(fn=_report)
     pa = sub.add_parser("params", help="typed parameter counts for a composed model + method, without loading weights")
     pa.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=roberta model_size=large method=lora method.r=8")

@@ -86,6 +86,8 @@ class Grid:
     # rounds of one more lr beyond a selected edge; a grid key so every invocation (and every worker)
     # selects alike — `--extend-edges` overrides it
     extend_edges: int = 1
+    # the report's paired-test references: the first fills its "vs" column, the others a note per table
+    references: tuple[str, ...] = ("full",)
 
     def seeds_of(self, task: Task) -> list[int]:
         return list(task.seeds or self.seeds)
@@ -95,7 +97,7 @@ class Grid:
         return lrs.get(method, lrs["default"])
 
 
-GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks", "extend_edges"}
+GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks", "extend_edges", "references"}
 TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs", "cost", "splits"}
 
 
@@ -136,10 +138,14 @@ def load_grid(path: Path) -> Grid:
     extend = raw.get("extend_edges", 1)
     if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
         raise ConfigError(f"{path}: extend_edges must be an integer >= 0, got {extend!r}", option="extend_edges")
+    refs = raw.get("references", ["full"])
+    if not isinstance(refs, list) or not refs or any(r not in raw["methods"] for r in refs) or len(set(refs)) < len(refs):
+        raise ConfigError(f"{path}: references must list distinct methods of the grid's `methods`, got {refs!r}",
+                          option="references")
     return Grid(path.stem, tasks=[_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])],
                 methods=list(raw["methods"]), seeds=[int(s) for s in raw["seeds"]], lrs=_lrs(raw["lrs"]),
                 pretrain={str(k): int(v) for k, v in (raw.get("pretrain") or {}).items()},
-                runs_from=raw.get("runs_from"), extend_edges=extend, **common)
+                runs_from=raw.get("runs_from"), extend_edges=extend, references=tuple(refs), **common)
 
 
 def grids() -> dict[str, Grid]:
@@ -466,7 +472,7 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
         "splits": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.splits or f"select {t.select}, report {t.report}"
                    for t in grid.tasks},
         "pretrain": pre, "selection": selection, "lr_grid_extensions": list(extensions or []),
-        "extend_edges": extend,
+        "extend_edges": extend, "references": list(grid.references),
         "runs_dir": str(runs),
         "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
         "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
@@ -489,7 +495,11 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
 
     dirs = report_dirs(manifest, runs)
     report_dir.mkdir(parents=True, exist_ok=True)
-    build_report(dirs, report_dir)
+    ran = set(manifest["methods_run"])
+    refs = ",".join([r for r in manifest.get("references") or [] if r in ran] or ["full"])
+    build_report(dirs, report_dir, reference=refs)
+    if refs != "full":  # `peftbench report` (and the committed-report test) regenerates with the same tests
+        (report_dir / "report-args").write_text(f"--reference {refs}\n")
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (report_dir / "selection.md").write_text(selection_markdown(manifest))
     (report_dir / "README.md").write_text(readme_markdown(manifest))
@@ -709,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         keep = lambda c: c.group in mine
     report = None if a.no_report or not a.report else Path(a.report)
     if report is not None and a.only:  # a report of some tasks would replace the whole grid's
-        print(f"--only: no report written; `peftbench report {runs} --out <folder>` reports what has finished",
+        refs = "" if grid.references == ("full",) else f" --reference {','.join(grid.references)}"
+        print(f"--only: no report written; `peftbench report {runs} --out <folder>{refs}` reports what has finished",
               file=sys.stderr)
         report = None
     m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit, reuse=a.jobs > 1, whole=not a.only)

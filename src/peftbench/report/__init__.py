@@ -65,7 +65,8 @@ def build_report(
     """Collect every results.json under ``dirs`` and write the report into ``out``.
 
     ``out`` defaults to ``<first dir>/report/``; ``reference`` names the method every other row is
-    tested against (paired, on the same eval examples; default full fine-tuning, where present). Prints nothing: unreadable files are logged
+    tested against (paired, on the same eval examples; default full fine-tuning, where present); a
+    comma list ("full,lora") adds tests against the others in a note under each table. Prints nothing: unreadable files are logged
     as warnings (logger ``peftbench.report.collect``) and listed in ``result.skipped``.
     """
     dirs = [Path(d) for d in dirs]
@@ -82,11 +83,14 @@ def build_report(
     coll = collect(dirs)
     if not coll.n_files:  # nothing to report: say so, write nothing
         raise ConfigError(f"no results.json under {', '.join(map(str, dirs))}", option="dirs")
-    if reference is not None and not any(g.method.split(" [", 1)[0] == reference for g in coll.groups):
-        names = sorted({g.method.split(" [", 1)[0] for g in coll.groups})
-        raise ConfigError(f"--reference {reference}: no such method in these runs (methods: {', '.join(names)})",
+    refs = [r.strip() for r in (reference or DEFAULT_REFERENCE).split(",")]
+    names = sorted({g.method.split(" [", 1)[0] for g in coll.groups})
+    bad = [r for r in refs if not r or (reference is not None and r not in names)]
+    if bad or len(set(refs)) < len(refs):
+        raise ConfigError(f"--reference {reference}: {'repeated method' if not bad else 'no such method'} "
+                          f"{', '.join(repr(b) for b in bad)} (methods in these runs: {', '.join(names)})",
                           option="reference")
-    tables = build_tables(coll, reference or DEFAULT_REFERENCE)
+    tables = build_tables(coll, refs[0], refs[1:])
     files: list[Path] = []
     images: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)

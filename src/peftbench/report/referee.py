@@ -82,6 +82,8 @@ class TableReferee:
     sweeps: list[Sweep]
     notes: list[str]
     hidden: set[str] = field(default_factory=set)  # rows a tuning grid did not select (by Group.method)
+    # further references (`--reference full,lora`): name → (its row, every other row's paired test against it)
+    also: dict[str, tuple[Group | None, dict[str, Comparison | None]]] = field(default_factory=dict)
 
     def of(self, g: Group) -> Verdict:
         return self.verdicts.setdefault(g.method, Verdict())
@@ -422,9 +424,11 @@ def tuned_away(sweeps_: Sequence[Sweep]) -> set[str]:
             for _, _, g in sw.rows if g is not sw.selected}
 
 
-def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_REFERENCE) -> TableReferee:
+def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_REFERENCE,
+          also: Sequence[str] = ()) -> TableReferee:
     """Every check for one table; ``metric`` is its headline metric (None: nothing to compare).
-    Tuning grids are resolved first, so references, paired tests and ties see selected rows only."""
+    Tuning grids are resolved first, so references, paired tests and ties see selected rows only.
+    ``also``: further references, each paired-tested against every other selected row."""
     metrics = sorted({m for g in groups for m in g.metrics})
     maj, notes = majority(groups)
     found = sweeps(groups, metric) if metric is not None else []
@@ -456,5 +460,9 @@ def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_
         for sw in tr.sweeps:
             if sw.selected is not None and sw.edge:
                 tr.of(sw.selected).flags.append(edge_flag(sw))
+    for name in also if metric is not None else ():
+        other = _pick_reference(groups, name, metric)
+        tr.also[name] = (other, {g.method: compare(g, other, metric) for g in groups
+                                 if other is not None and g is not other and g.status == "ok"})
     tr.notes = notes + _na_notes(groups, metric, maj, any_curves)
     return tr

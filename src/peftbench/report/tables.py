@@ -254,8 +254,7 @@ def _vs_ref_col(ref: rf.TableReferee) -> Column:
         why = rf.Flag("tie" if not c.significant else "differs", "≈ reference" if not c.significant else "differs",
                       f"{c.test} on {c.n} paired {'seeds' if 'seeds' in c.test else 'examples'}: "
                       f"difference {c.diff:+.{d}f}, {p} (α = 0.05)")
-        text = f"≈ ({c.diff:+.{d}f}, {p})" if not c.significant else f"{c.diff:+.{d}f} ({p})"
-        return Cell(text, c.diff, flags=(why,))
+        return Cell(_said(c, d), c.diff, flags=(why,))
     return Column(f"vs {ref.reference} ({ref.metric})", get)
 
 
@@ -387,15 +386,16 @@ def _budget_notes(groups: Sequence[Group]) -> list[str]:
     return notes
 
 
-def build_tables(coll: Collection, reference: str = rf.DEFAULT_REFERENCE) -> list[Table]:
+def build_tables(coll: Collection, reference: str = rf.DEFAULT_REFERENCE, also: Sequence[str] = ()) -> list[Table]:
     """One table per model × size × dataset, rows ordered by method family then method; each
-    judged by the referee (baselines, intervals, paired tests against ``reference``, flags)."""
+    judged by the referee (baselines, intervals, paired tests against ``reference`` in a column and
+    against each of ``also`` in a note, flags)."""
     buckets: dict[tuple[str, str, str], list[Group]] = {}
     for g in coll.groups:  # already sorted; dict keeps first-seen order
         buckets.setdefault((g.model_family, g.model_size, g.dataset), []).append(g)
     tables = []
     for (fam, size, ds), groups in buckets.items():
-        judge = rf.judge(groups, headline_metric(groups), reference)
+        judge = rf.judge(groups, headline_metric(groups), reference, also)
         groups = [g for g in groups if g.method not in judge.hidden]
         cols = _columns(groups, judge)
         rows = [[c.get(g) for c in cols] for g in groups]
@@ -416,10 +416,26 @@ def _referee_notes(judge: rf.TableReferee, groups: Sequence[Group]) -> list[str]
     """Say when the paired comparison could not run, so a missing column is never read as "no difference"."""
     if judge.metric is None or len(groups) < 2:
         return []
+    out = []
     if judge.ref_group is None:
-        return [f"paired comparison: n/a (no ok '{judge.reference}' row with {judge.metric} in this table; "
-                "choose another with `peftbench report --reference NAME`)"]
-    return []
+        out.append(f"paired comparison: n/a (no ok '{judge.reference}' row with {judge.metric} in this table; "
+                   "choose another with `peftbench report --reference NAME`)")
+    for name, (row, tests) in judge.also.items():
+        if row is None:
+            out.append(f"vs {name}: n/a (no ok '{name}' row with {judge.metric} in this table)")
+            continue
+        d = _decimals(row.metrics[judge.metric].mean)
+        said = [f"{m} {'n/a' if c is None else _said(c, d)}" for m, c in tests.items()]
+        kinds = sorted({c.test for c in tests.values() if c is not None})
+        out.append(f"vs {row.method} ({judge.metric}; {', '.join(kinds) or 'no paired test'}; ≈ = not significant "
+                   f"at α = 0.05): " + "; ".join(said))
+    return out
+
+
+def _said(c: rf.Comparison, d: int) -> str:
+    """A paired test in a few characters: "≈ (+0.012, p=0.310)" or "−0.031 (p<0.001)"."""
+    p = "p<0.001" if c.p < 0.001 else f"p={c.p:.3f}"
+    return f"≈ ({c.diff:+.{d}f}, {p})" if not c.significant else f"{c.diff:+.{d}f} ({p})"
 
 
 def _blocks(tables: Sequence[Table]) -> list[tuple[tuple[str, str], list[Table]]]:
