@@ -225,9 +225,42 @@ def test_bad_references_in_a_grid_are_refused(tmp_path, bad):
     p.write_text(f"methods: [full, lora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\nreferences: {bad}\ntasks: []\n")
     with pytest.raises(ConfigError, match="references must list distinct methods"):
         suite.load_grid(p)
-    p.write_text("methods: [full, lora]\nseeds: [1]\nlrs: {default: [1.0e-3]}\ntasks: []\n")
-    assert suite.load_grid(p).references == ("full",)
+    p.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1.0e-3]}\ntasks: []\n")
+    assert suite.load_grid(p).references == ("full",)  # no key, no full: the report says n/a, the grid loads
     assert grids()["standard_cpu"].references == ("full", "lora")
+
+
+def test_a_reference_whose_runs_all_failed_does_not_cost_the_finished_report(tmp_path):
+    """The report comes after every run: a listed reference with no ok run is left out, not a crash."""
+    from peftbench import results
+
+    g = tmp_path / "g.yaml"
+    g.write_text("methods: [full, lora, bitfit]\nseeds: [1]\nlrs: {default: [1.0e-3]}\nreferences: [full, lora, bitfit]\n"
+                 "tasks: [{name: t, models: {m: [s]}, select: val/acc, report: test/acc, overrides: []}]\n")
+    grid = suite.load_grid(g)
+    runs, report = tmp_path / "runs", tmp_path / "report"
+
+    def manifest(failed: set[str]) -> dict:
+        records = {}
+        for i, method in enumerate(grid.methods):
+            cell = suite.Cell(grid.tasks[0], "m", "s", method, 1e-3, 1)
+            ok = method not in failed
+            rec = results.empty_record(
+                run_id=f"r{i}", seed=1, status="ok" if ok else "failed", model={"family": "m", "size": "s"},
+                method={"name": method, "family": "x"}, dataset={"name": "d"},
+                metrics={"test/acc": 0.7 + 0.01 * i, "val/acc": 0.7} if ok else {})
+            results.write(runs / cell.rel_dir(), rec)
+            records[cell] = rec
+        return suite.build_manifest(grid, "x", list(grid.methods), [], {}, records, runs, 0.0)
+
+    report.mkdir()
+    (report / "report-args").write_text("--reference stale\n")
+    suite.write_report(manifest({"full"}), runs, report)
+    assert (report / "report-args").read_text() == "--reference lora,bitfit\n"
+    md = (report / "report.md").read_text()
+    assert "_vs bitfit (test/acc, row − bitfit" in md and "no ok 'full' row" not in md  # the references kept
+    suite.write_report(manifest({"full", "lora", "bitfit"}), runs, report)
+    assert not (report / "report-args").exists()  # back to the default: a stale file would regenerate wrongly
 
 
 def test_the_grid_names_its_edge_rounds_and_the_flag_overrides_them(capsys):

@@ -42,5 +42,7 @@ def test_report_regenerates_byte_for_byte(folder: Path, tmp_path: Path) -> None:
         committed = folder / name
         if committed.exists():
             assert (out / name).read_bytes() == committed.read_bytes(), f"{folder.name}/{name} differs"
+    if (folder / "report.tex").exists():  # pdflatex without unicode packages: every symbol escaped
+        assert (folder / "report.tex").read_text().isascii(), f"{folder.name}/report.tex has non-ASCII characters"
     plots = {p.name for p in (folder / "plots").glob("*")} if (folder / "plots").is_dir() else set()
     assert {p.name for p in (out / "plots").glob("*")} >= plots

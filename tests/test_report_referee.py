@@ -172,7 +172,8 @@ def test_cli_reference_option(sweep: Path, tmp_path: Path):
     p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
                         "--reference", "nope"], capture_output=True, text=True, check=False)
     assert p.returncode == 2 and "--reference nope: no such method" in p.stderr and not (tmp_path / "x").exists()
-    for bad, why in (("full,nope", "no such method 'nope'"), ("lora,lora", "repeated method"), ("full,", "no such method ''")):
+    for bad, why in (("full,nope,nope", "no such method 'nope' ("), ("lora,lora", "'lora' repeated"),
+                     ("full,", "an empty name"), ("", "an empty name")):
         p = subprocess.run([sys.executable, "-m", "peftbench.cli.main", "report", str(sweep), "--out", str(tmp_path / "x"),
                             "--reference", bad], capture_output=True, text=True, check=False)
         assert p.returncode == 2 and why in p.stderr and not (tmp_path / "x").exists(), (bad, p.stderr[-500:])

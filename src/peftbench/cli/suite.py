@@ -138,11 +138,13 @@ def load_grid(path: Path) -> Grid:
     extend = raw.get("extend_edges", 1)
     if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
         raise ConfigError(f"{path}: extend_edges must be an integer >= 0, got {extend!r}", option="extend_edges")
-    refs = raw.get("references", ["full"])
-    if not isinstance(refs, list) or not refs or any(r not in raw["methods"] for r in refs) or len(set(refs)) < len(refs):
+    tasks = [_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])]
+    refs = raw.get("references", ["full"])  # the default needs no full row: the report then says n/a
+    if "references" in raw and (not isinstance(refs, list) or not refs or len(set(refs)) < len(refs)
+                                or any(r not in raw["methods"] for r in refs)):
         raise ConfigError(f"{path}: references must list distinct methods of the grid's `methods`, got {refs!r}",
                           option="references")
-    return Grid(path.stem, tasks=[_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])],
+    return Grid(path.stem, tasks=tasks,
                 methods=list(raw["methods"]), seeds=[int(s) for s in raw["seeds"]], lrs=_lrs(raw["lrs"]),
                 pretrain={str(k): int(v) for k, v in (raw.get("pretrain") or {}).items()},
                 runs_from=raw.get("runs_from"), extend_edges=extend, references=tuple(refs), **common)
@@ -495,11 +497,15 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
 
     dirs = report_dirs(manifest, runs)
     report_dir.mkdir(parents=True, exist_ok=True)
-    ran = set(manifest["methods_run"])
-    refs = ",".join([r for r in manifest.get("references") or [] if r in ran] or ["full"])
-    build_report(dirs, report_dir, reference=refs)
-    if refs != "full":  # `peftbench report` (and the committed-report test) regenerates with the same tests
-        (report_dir / "report-args").write_text(f"--reference {refs}\n")
+    # only references with a finished run: a method whose runs all failed must not cost the report
+    ok = {k.split("/")[2] for k, v in manifest["statuses"].items() if v == "ok" and k.count("/") >= 2}
+    refs = ",".join(r for r in manifest.get("references") or [] if r in ok)
+    build_report(dirs, report_dir, reference=refs if refs and refs != "full" else None)
+    args = report_dir / "report-args"  # `peftbench report` (and the committed-report test) regenerate alike
+    if refs and refs != "full":
+        args.write_text(f"--reference {refs}\n")
+    else:
+        args.unlink(missing_ok=True)
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (report_dir / "selection.md").write_text(selection_markdown(manifest))
     (report_dir / "README.md").write_text(readme_markdown(manifest))

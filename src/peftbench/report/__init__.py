@@ -83,12 +83,14 @@ def build_report(
     coll = collect(dirs)
     if not coll.n_files:  # nothing to report: say so, write nothing
         raise ConfigError(f"no results.json under {', '.join(map(str, dirs))}", option="dirs")
-    refs = [r.strip() for r in (reference or DEFAULT_REFERENCE).split(",")]
+    refs = [r.strip() for r in (DEFAULT_REFERENCE if reference is None else reference).split(",")]
     names = sorted({g.method.split(" [", 1)[0] for g in coll.groups})
-    bad = [r for r in refs if not r or (reference is not None and r not in names)]
-    if bad or len(set(refs)) < len(refs):
-        raise ConfigError(f"--reference {reference}: {'repeated method' if not bad else 'no such method'} "
-                          f"{', '.join(repr(b) for b in bad)} (methods in these runs: {', '.join(names)})",
+    problems = ["an empty name"] * any(not r for r in refs)
+    problems += [f"'{r}' repeated" for r in dict.fromkeys(r for r in refs if r and refs.count(r) > 1)]
+    if reference is not None:
+        problems += [f"no such method '{r}'" for r in dict.fromkeys(refs) if r and r not in names]
+    if problems:
+        raise ConfigError(f"--reference {reference}: {'; '.join(problems)} (methods in these runs: {', '.join(names)})",
                           option="reference")
     tables = build_tables(coll, refs[0], refs[1:])
     files: list[Path] = []

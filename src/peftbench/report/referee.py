@@ -105,7 +105,8 @@ def _metric_values(g: Group, metric: str) -> list[float]:
 # ---------------------------------------------------------------- intervals
 
 _UNIT_RANGE = ("acc", "f1", "precision", "recall")  # scores in [0, 1]: a t-interval is clipped to it
-_BOUNDED = (*_UNIT_RANGE, "mcc")  # scores whose progress is read in points, not relative to a value near 0
+# scores whose progress is read in points, not relative to a value that may sit near 0
+_BOUNDED = (*_UNIT_RANGE, "mcc", "matthews", "pearson", "spearman", "exact_match")
 
 
 def interval(g: Group, metric: str) -> Interval | None:
@@ -346,12 +347,16 @@ def edge_flag(sw: Sweep) -> Flag:
 # ---------------------------------------------------------------- convergence
 
 def _curve_noise(rec: dict[str, Any], metric: str) -> float:
-    """The smallest change an accuracy curve on a capped subset of m examples can resolve: 2/m
-    (two examples); 0 for other curves."""
+    """The smallest change a curve on a capped subset of m examples can resolve: two examples, 2/m of
+    an accuracy-like score, about 4/m of a correlation (MCC ≈ 2·acc − 1 on balanced classes); 0 for
+    a loss (a mean over many tokens)."""
     sub = ((rec.get("curves") or {}).get("val") or {}).get("subset")
-    if isinstance(sub, int) and sub > 0 and any(k in ev.base_of(metric).lower() for k in _UNIT_RANGE):
-        return 2.0 / sub
-    return 0.0
+    if not isinstance(sub, int) or sub <= 0:
+        return 0.0
+    base = ev.base_of(metric).lower()
+    if any(k in base for k in CHANCE_ZERO):
+        return 4.0 / sub
+    return 2.0 / sub if any(k in base for k in _BOUNDED) else 0.0
 
 
 def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None | bool:
@@ -379,6 +384,8 @@ def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None |
         for pts, who, noise in cands:
             gain = stats.late_gain(pts, lower, relative=not points)
             # noise (two subset examples) is non-zero only for bounded scores, i.e. in the gain's units
+            # (a group whose seeds recorded different curves compares gains in two units: rare, and the
+            # flag names the curve it read)
             if gain is not None and gain > max(tol, noise) and (worst is None or gain > worst[0]):
                 amount = f"{100 * gain:.1f} points" if points else f"{100 * gain:.1f}%"
                 worst = (gain, f"{name} ({who}) still improved by {amount}", points)

@@ -427,13 +427,13 @@ def _referee_notes(judge: rf.TableReferee, groups: Sequence[Group]) -> list[str]
         d = _decimals(row.metrics[judge.metric].mean)
         said = [f"{m} {'n/a' if c is None else _said(c, d)}" for m, c in tests.items()]
         kinds = sorted({c.test for c in tests.values() if c is not None})
-        out.append(f"vs {row.method} ({judge.metric}; {', '.join(kinds) or 'no paired test'}; ≈ = not significant "
-                   f"at α = 0.05): " + "; ".join(said))
+        out.append(f"vs {row.method} ({judge.metric}, row − {name}; {', '.join(kinds) or 'no paired test'}; "
+                   f"≈ = not significant at α = 0.05): " + "; ".join(said))
     return out
 
 
 def _said(c: rf.Comparison, d: int) -> str:
-    """A paired test in a few characters: "≈ (+0.012, p=0.310)" or "−0.031 (p<0.001)"."""
+    """A paired test in a few characters: "≈ (+0.012, p=0.310)" or "-0.031 (p<0.001)"."""
     p = "p<0.001" if c.p < 0.001 else f"p={c.p:.3f}"
     return f"≈ ({c.diff:+.{d}f}, {p})" if not c.significant else f"{c.diff:+.{d}f} ({p})"
 
@@ -670,7 +670,8 @@ _TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             "<": r"\textless{}", ">": r"\textgreater{}"}
 _TEX_UNI = {"≈": r"$\approx$", "≥": r"$\geq$", "α": r"$\alpha$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "—": "---", "·": r"$\cdot$",
-            "×": r"$\times$", "…": r"\ldots{}"}
+            "×": r"$\times$", "…": r"\ldots{}", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "−": r"$-$", "≤": r"$\leq$",
+            "²": r"$^2$", "³": r"$^3$"}
 
 
 def tex_escape(s: str) -> str:
@@ -699,7 +700,8 @@ def to_latex(coll: Collection, tables: Sequence[Table] | None = None) -> str:
             prev = g.method_family
             cells = [(f"\\textbf{{{tex_escape(c.text)}}}" if c.best else tex_escape(c.text)) for c in row]
             out.append(" & ".join(cells) + " \\\\")
-        out += _tex_baselines(t) + ["\\bottomrule", "\\end{tabular}"] + _tex_legend(t) + ["\\end{table}", ""]
+        out += _tex_baselines(t) + ["\\bottomrule", "\\end{tabular}"] + _tex_legend(t)
+        out += [f"\\par\\footnotesize {tex_escape(n)}" for n in t.notes] + ["\\end{table}", ""]
     if coll.failures:
         out += ["\\begin{table}[t]", "\\centering", "\\small", "\\caption{Runs that did not finish}",
                 "\\begin{tabular}{" + "l" * 6 + "}", "\\toprule",
