@@ -210,21 +210,19 @@ def test_shard_and_jobs_are_checked(capsys):
         assert msg in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", ["-1", "null", "1.5", "true"])
-def test_a_bad_extend_edges_in_a_grid_is_refused(tmp_path, bad):
+@pytest.mark.parametrize("key,bad,why", [
+    *(("extend_edges", b, "extend_edges must be an integer >= 0") for b in ("-1", "null", "1.5", "true")),
+    # a reference the grid never runs would fail the report after the whole benchmark: refuse it first
+    *(("references", b, "references must list distinct methods") for b in ("[]", "[full, full]", "[dora]", "lora"))])
+def test_a_bad_grid_key_is_refused(tmp_path, key, bad, why):
     p = tmp_path / "g.yaml"
-    p.write_text(f"methods: [lora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\nextend_edges: {bad}\ntasks: []\n")
-    with pytest.raises(ConfigError, match="extend_edges must be an integer >= 0"):
+    p.write_text(f"methods: [full, lora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\n{key}: {bad}\ntasks: []\n")
+    with pytest.raises(ConfigError, match=why):
         suite.load_grid(p)
 
 
-@pytest.mark.parametrize("bad", ["[]", "[full, full]", "[dora]", "lora"])
-def test_bad_references_in_a_grid_are_refused(tmp_path, bad):
-    """A reference the grid never runs would fail the report after the whole benchmark: refuse it first."""
+def test_references_default_to_full_without_requiring_it(tmp_path):
     p = tmp_path / "g.yaml"
-    p.write_text(f"methods: [full, lora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\nreferences: {bad}\ntasks: []\n")
-    with pytest.raises(ConfigError, match="references must list distinct methods"):
-        suite.load_grid(p)
     p.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1.0e-3]}\ntasks: []\n")
     assert suite.load_grid(p).references == ("full",)  # no key, no full: the report says n/a, the grid loads
     assert grids()["standard_cpu"].references == ("full", "lora")
