@@ -221,6 +221,19 @@ def test_a_bad_grid_key_is_refused(tmp_path, key, bad, why):
         suite.load_grid(p)
 
 
+def test_the_front_page_never_replaces_a_hand_written_reading(tmp_path):
+    """A relaunch of a finished benchmark rewrites its generated front page, not what a person wrote."""
+    page, text = suite.front_page(tmp_path, "# generated v1")
+    assert page == tmp_path / "README.md" and text.startswith("# generated v1\n") and suite.READING_MARK in text
+    page.write_text(text + "\n## Reading\n\nLoRA ties full.\n")
+    page, text = suite.front_page(tmp_path, "# generated v2")
+    assert page.name == "README.md" and text.startswith("# generated v2\n") and text.endswith("## Reading\n\nLoRA ties full.\n")
+    assert "v1" not in text
+    page.write_text("# A reading written by hand\n")
+    page, text = suite.front_page(tmp_path, "# generated v3")
+    assert page == tmp_path / "benchmark.md" and text == "# generated v3"
+
+
 def test_references_default_to_full_without_requiring_it(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1.0e-3]}\ntasks: []\n")

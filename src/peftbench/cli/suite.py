@@ -508,7 +508,24 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
         args.unlink(missing_ok=True)
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (report_dir / "selection.md").write_text(selection_markdown(manifest))
-    (report_dir / "README.md").write_text(readme_markdown(manifest))
+    page, text = front_page(report_dir, readme_markdown(manifest))
+    page.write_text(text)
+
+
+READING_MARK = "<!-- generated above; a hand-written reading below this line survives a relaunch -->"
+
+
+def front_page(report_dir: Path, generated: str) -> tuple[Path, str]:
+    """Where the generated front page goes, and its text: README.md, keeping whatever was written
+    below the mark; a README.md written by hand (no mark) is never replaced: the page goes beside it."""
+    readme = report_dir / "README.md"
+    if not readme.exists():
+        return readme, f"{generated}\n{READING_MARK}\n"
+    old = readme.read_text()
+    if READING_MARK not in old:
+        log.warning("%s is hand-written: the benchmark's front page goes to benchmark.md", readme)
+        return report_dir / "benchmark.md", generated
+    return readme, f"{generated}\n{READING_MARK}{old.split(READING_MARK, 1)[1]}"
 
 
 def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, command: str, extend: int = 1,
