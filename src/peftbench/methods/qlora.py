@@ -176,7 +176,7 @@ class QLoRA(LoRA):
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
             # the forgetting measure's no-grad forward on the bare base may have repacked the weights
             # (AVX512-BF16 CPUs), and a repacked layer fails in training: "a view of a leaf Variable
-            # … in-place" at bitsandbytes' `out += bias`; back to the plain layout first
+            # … in-place" at bitsandbytes' `result += bias`; back to the plain layout first
             _unpack_cpu_layout(model)
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.use_gradient_checkpointing)
             keep_plain_cpu_layout(model)

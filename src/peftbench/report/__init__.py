@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peftbench.errors import ConfigError
 from peftbench.report.collect import Collection, Failure, Group, Skipped, Stat, collect
-from peftbench.report.referee import DEFAULT_REFERENCE
+from peftbench.report.referee import DEFAULT_REFERENCE, base_method
 from peftbench.report.tables import build_tables, failures_csv, to_csv, to_html, to_latex, to_markdown
 
 __all__ = [
@@ -84,7 +84,7 @@ def build_report(
     if not coll.n_files:  # nothing to report: say so, write nothing
         raise ConfigError(f"no results.json under {', '.join(map(str, dirs))}", option="dirs")
     refs = [r.strip() for r in (DEFAULT_REFERENCE if reference is None else reference).split(",")]
-    names = sorted({g.method.split(" [", 1)[0] for g in coll.groups})
+    names = sorted({base_method(g) for g in coll.groups})
     problems = ["an empty name"] * any(not r for r in refs)
     problems += [f"'{r}' repeated" for r in dict.fromkeys(r for r in refs if r and refs.count(r) > 1)]
     if reference is not None:
