@@ -111,6 +111,25 @@ def test_flags_in_every_format(sweep: Path, tmp_path: Path):
     assert "one Pareto front per model" in page  # a caption says what the plot shows
 
 
+def test_plots_draw_the_tables_rows_not_the_tuned_away_lr_cells(sweep: Path, tmp_path: Path, monkeypatch):
+    """A tuned-away lr cell is a selection-table entry, not a result: no panel, point or legend entry."""
+    from peftbench.report import plots
+
+    drawn: dict[str, list[str]] = {}
+    real = plots._plot_curves
+
+    def spy(plt, coll, out_dir, written, tables=()):
+        drawn["curves"] = [g.method for g in coll.groups]
+        real(plt, coll, out_dir, written, tables)
+
+    monkeypatch.setattr(plots, "_plot_curves", spy)
+    res = build_report([sweep], tmp_path / "rep", formats=(), plots=True)
+    assert "bitfit [lr=0.001]" in drawn["curves"] and "bitfit [lr=0.0001]" not in drawn["curves"]
+    assert len(drawn["curves"]) == len(res.collection.groups) - 1
+    png = next(p for p in res.files if p.name == "curves_toy.png").read_bytes()
+    assert png[25] == 3  # IHDR colour type 3: a palette image, a third of RGBA's bytes (reports are committed)
+
+
 def test_reference_option_and_old_records(sweep: Path, tmp_path: Path):
     coll = collect([sweep])
     (t,) = build_tables(coll, reference="lora")

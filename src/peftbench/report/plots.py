@@ -7,6 +7,7 @@ fixed metadata and a fixed SVG hash salt so reruns give identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from peftbench.report.collect import (
     lower_is_better,
     size_rank,
 )
+from peftbench.report.referee import base_method
 
 _SVG_META = {"Date": None, "Creator": "peftbench"}
 _PNG_META = {"Software": None}
@@ -45,8 +47,26 @@ def pareto_front(points: Sequence[tuple[float, float]], lower_better: bool) -> l
 def _save(fig: Any, out_dir: Path, name: str, written: list[Path]) -> None:
     for ext, meta in (("png", _PNG_META), ("svg", _SVG_META)):
         path = out_dir / f"{name}.{ext}"
-        fig.savefig(path, format=ext, metadata=meta, dpi=110, bbox_inches="tight")
+        if ext == "png":
+            _save_png(fig, path)
+        else:
+            fig.savefig(path, format=ext, metadata=meta, dpi=110, bbox_inches="tight")
         written.append(path)
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    """A 256-colour palette PNG: a third of matplotlib's RGBA size, which matters because reports are
+    committed and report.html embeds every image (the tree travels to the GPU check, ≤ 64 MiB)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata=_PNG_META, dpi=110, bbox_inches="tight")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        pal = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    pal.save(path, format="PNG", optimize=True)
 
 
 def _label(g: Group, many_sizes: bool) -> str:
@@ -162,19 +182,23 @@ def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path])
                                                                  and g.model_total is not None),
                                                                 default=None))))
     xi = {fs: i for i, fs in enumerate(sizes)}
-    methods = sorted({g.method for g in groups})
+    # One line per method whatever lr each table selected ("lora [lr=0.003]" and "lora [lr=0.009]" are lora).
+    methods = sorted({base_method(g) for g in groups})
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     for i, m in enumerate(methods):
         # Average over datasets: memory is dominated by model size and method, not the data.
         by_x: dict[int, list[float]] = {}
         for g in groups:
-            if g.method == m and key in g.memory:
+            if base_method(g) == m and key in g.memory:
                 by_x.setdefault(xi[(g.model_family, g.model_size)], []).append(g.memory[key].mean)
         if not by_x:
             continue
-        xs = sorted(by_x)
-        ax.plot(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], marker="o", color=cmap(i % 10), label=m)
+        for n, fam in enumerate(dict.fromkeys(sizes[x][0] for x in sorted(by_x))):
+            # A line joins the sizes of one family only: two families are not a size ladder.
+            xs = [x for x in sorted(by_x) if sizes[x][0] == fam]
+            ax.plot(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], marker="o", color=cmap(i % 20),
+                    label=m if n == 0 else None)
     ax.set_xticks(range(len(sizes)))
     ax.set_xticklabels([f"{f}/{s}" for f, s in sizes], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(sizes) - 0.5)
@@ -182,7 +206,7 @@ def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path])
     ax.set_ylabel(f"{key.replace('_', ' ')}")
     ax.set_title("peak memory vs model size")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     CAPTIONS["memory_vs_size"] = f"peak memory ({key.replace('_', ' ')}) per method against model size, averaged over datasets"
     _save(fig, out_dir, "memory_vs_size", written)
     plt.close(fig)
@@ -337,6 +361,8 @@ def make_plots(coll: Collection, out_dir: Path, tables: Sequence[Any] | None = N
         from peftbench.report.tables import build_tables
 
         tables = build_tables(coll)
+    # The tables' rows only: an lr grid's tuned-away cells are a selection table, not results to plot.
+    coll = dataclasses.replace(coll, groups=[g for t in tables for g in t.groups])
     with matplotlib.rc_context(rc):
         _plot_pareto(plt, coll, out_dir, written, tables)
         for fn in (_plot_memory, _plot_speed, _plot_forgetting):
