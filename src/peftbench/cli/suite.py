@@ -36,13 +36,14 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
+from peftbench.report.referee import DEFAULT_REFERENCE
 from peftbench.report.stats import common_seeds, tied_edge
 
 log = logging.getLogger("peftbench")
@@ -499,17 +500,24 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
     report_dir.mkdir(parents=True, exist_ok=True)
     # only references with a finished run: a method whose runs all failed must not cost the report
     ok = {k.split("/")[2] for k, v in manifest["statuses"].items() if v == "ok" and k.count("/") >= 2}
-    refs = ",".join(r for r in manifest.get("references") or [] if r in ok)
-    build_report(dirs, report_dir, reference=refs if refs and refs != "full" else None)
+    refs = [r for r in manifest.get("references") or [] if r in ok]
+    extra = reference_args(refs)
+    build_report(dirs, report_dir, reference=",".join(refs) if extra else None)
     args = report_dir / "report-args"  # `peftbench report` (and the committed-report test) regenerate alike
-    if refs and refs != "full":
-        args.write_text(f"--reference {refs}\n")
+    if extra:
+        args.write_text(extra + "\n")
     else:
         args.unlink(missing_ok=True)
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (report_dir / "selection.md").write_text(selection_markdown(manifest))
     page, text = front_page(report_dir, readme_markdown(manifest))
     page.write_text(text)
+
+
+def reference_args(refs: Sequence[str]) -> str:
+    """`peftbench report`'s option for these references; empty for the report's own default (full)."""
+    joined = ",".join(refs)
+    return f"--reference {joined}" if joined and joined != DEFAULT_REFERENCE else ""
 
 
 READING_MARK = "<!-- generated above; a hand-written reading below this line survives a relaunch -->"
@@ -742,9 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         keep = lambda c: c.group in mine
     report = None if a.no_report or not a.report else Path(a.report)
     if report is not None and a.only:  # a report of some tasks would replace the whole grid's
-        refs = "" if grid.references == ("full",) else f" --reference {','.join(grid.references)}"
-        print(f"--only: no report written; `peftbench report {runs} --out <folder>{refs}` reports what has finished",
-              file=sys.stderr)
+        refs = reference_args(grid.references)
+        print(f"--only: no report written; `peftbench report {runs} --out <folder>{' ' * bool(refs)}{refs}` reports "
+              "what has finished", file=sys.stderr)
         report = None
     m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit, reuse=a.jobs > 1, whole=not a.only)
     bad = {k: v for k, v in m["statuses"].items() if v != "ok"}

@@ -109,6 +109,11 @@ _UNIT_RANGE = ("acc", "f1", "precision", "recall")  # scores in [0, 1]: a t-inte
 _BOUNDED = (*_UNIT_RANGE, "mcc", "matthews", "pearson", "spearman", "exact_match")
 
 
+def _is_bounded(metric: str) -> bool:
+    """A score on a fixed scale (accuracy, F1, correlations): its changes are read in points."""
+    return any(k in ev.base_of(metric).lower() for k in _BOUNDED)
+
+
 def interval(g: Group, metric: str) -> Interval | None:
     """≥ 2 seeds: the t-interval over seeds; one seed: the percentile bootstrap over eval examples."""
     vals = _metric_values(g, metric)
@@ -356,7 +361,7 @@ def _curve_noise(rec: dict[str, Any], metric: str) -> float:
     base = ev.base_of(metric).lower()
     if any(k in base for k in CHANCE_ZERO):
         return 4.0 / sub
-    return 2.0 / sub if any(k in base for k in _BOUNDED) else 0.0
+    return 2.0 / sub if _is_bounded(metric) else 0.0
 
 
 def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None | bool:
@@ -377,7 +382,7 @@ def convergence_flag(g: Group, tol: float = stats.CONVERGE_TOL) -> Flag | None |
     worst: tuple[float, str, bool] | None = None
     for name, runs in series.items():
         lower = name == "train loss" or lower_is_better(name)
-        points = name != "train loss" and any(k in ev.base_of(name).lower() for k in _BOUNDED)
+        points = name != "train loss" and _is_bounded(name)
         mean = stats.mean_curve([pts for pts, _, _ in runs]) if len(runs) > 1 else None
         cands = [(mean, f"mean of {len(runs)} seeds", max(n for _, _, n in runs))] if mean else \
             [(pts, f"seed {seed}", noise) for pts, seed, noise in runs]
