@@ -15,7 +15,7 @@ import pytest
 from peftbench import results
 from peftbench.report import build_report, collect
 from peftbench.report.referee import compare
-from peftbench.report.tables import build_tables, to_csv
+from peftbench.report.tables import build_tables, to_csv, to_latex
 
 N = 200
 LABELS = [0] * 120 + [1] * 80  # majority class 0: rate 0.6
@@ -138,6 +138,8 @@ def test_reference_option_and_old_records(sweep: Path, tmp_path: Path):
     assert [r["method"] for r in rows if r["vs_reference_test"] == "reference"] == ["lora"]
     (t,) = build_tables(coll, reference="nope")
     assert t.referee.ref_group is None and any("--reference NAME" in n for n in t.notes)
+    # LaTeX prints a backtick as an opening quote: the note's code span is set in typewriter instead
+    assert r"\texttt{peftbench report --reference NAME}" in to_latex(coll, [t])
     # a record without eval / curves (older peftbench): the checks that need them say n/a
     old = tmp_path / "old"
     rec = json.loads((sweep / "run0" / "results.json").read_text())

@@ -675,6 +675,15 @@ _TEX_UNI = {"≈": r"$\approx$", "≥": r"$\geq$", "α": r"$\alpha$", "±": r"$\
 
 
 def tex_escape(s: str) -> str:
+    """Escaped LaTeX text; a `code span` (markdown's backticks, as in notes) becomes \\texttt{…}, since
+    LaTeX would print a backtick as an opening quote."""
+    parts = s.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick is text, not a span
+        parts = [s]
+    return "".join(f"\\texttt{{{_tex_text(p)}}}" if i % 2 else _tex_text(p) for i, p in enumerate(parts))
+
+
+def _tex_text(s: str) -> str:
     out = "".join(_TEX_ESC.get(ch, ch) for ch in s)
     for k, v in _TEX_UNI.items():
         out = out.replace(k, v)
