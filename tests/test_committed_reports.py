@@ -2,8 +2,9 @@
 
 A number under reports/ is believable only if the records it came from sit beside it: each
 `reports/<slug>/` written by `peftbench report` holds its runs under `runs/`, and rerunning the
-report on them reproduces its tables exactly. Plots are compared by name only (their bytes depend
-on the installed matplotlib and fonts, which a fresh CI venv may resolve differently).
+report on them reproduces its tables exactly. Plot files are compared by name only (their bytes depend
+on the installed matplotlib, Pillow and fonts); report.html embeds the PNGs, so its comparison does
+pin them, as it has to for a page that claims to regenerate byte for byte.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from peftbench import results
 from peftbench.report import build_report, collect
 from peftbench.report.referee import compare
-from peftbench.report.tables import build_tables, to_csv, to_latex
+from peftbench.report.tables import build_tables, tex_escape, to_csv, to_latex
 
 N = 200
 LABELS = [0] * 120 + [1] * 80  # majority class 0: rate 0.6
@@ -130,6 +130,14 @@ def test_plots_draw_the_tables_rows_not_the_tuned_away_lr_cells(sweep: Path, tmp
     assert png[25] == 3  # IHDR colour type 3: a palette image, a third of RGBA's bytes (reports are committed)
 
 
+def test_the_memory_plot_follows_a_method_across_selected_lrs_but_keeps_a_study_apart():
+    from peftbench.report.plots import _without_lr
+
+    assert _without_lr("lora [lr=0.003]") == _without_lr("lora [lr=0.009]") == "lora"
+    assert _without_lr("lora [lr=0.001, r=8]") == "lora [r=8]" != _without_lr("lora [r=16]")
+    assert _without_lr("full") == "full"
+
+
 def test_reference_option_and_old_records(sweep: Path, tmp_path: Path):
     coll = collect([sweep])
     (t,) = build_tables(coll, reference="lora")
@@ -140,6 +148,7 @@ def test_reference_option_and_old_records(sweep: Path, tmp_path: Path):
     assert t.referee.ref_group is None and any("--reference NAME" in n for n in t.notes)
     # LaTeX prints a backtick as an opening quote: the note's code span is set in typewriter instead
     assert r"\texttt{peftbench report --reference NAME}" in to_latex(coll, [t])
+    assert tex_escape("`a_b` and ` x") == r"\texttt{a\_b} and \textasciigrave{} x"
     # a record without eval / curves (older peftbench): the checks that need them say n/a
     old = tmp_path / "old"
     rec = json.loads((sweep / "run0" / "results.json").read_text())

@@ -22,7 +22,6 @@ from peftbench.report.collect import (
     lower_is_better,
     size_rank,
 )
-from peftbench.report.referee import base_method
 
 _SVG_META = {"Date": None, "Creator": "peftbench"}
 _PNG_META = {"Software": None}
@@ -171,6 +170,15 @@ def _mem_key(groups: Sequence[Group]) -> str | None:
     return None
 
 
+def _without_lr(method: str) -> str:
+    """A row's name without its lr, so one line follows a method whatever lr each table selected
+    ("lora [lr=0.003]" at one size, "lora [lr=0.009]" at another); a study's other keys stay
+    ("lora [lr=0.001, r=8]" → "lora [r=8]")."""
+    name, _, rest = method.partition(" [")
+    keep = [p for p in rest.removesuffix("]").split(", ") if p and not p.startswith("lr=")]
+    return f"{name} [{', '.join(keep)}]" if keep else name
+
+
 def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path]) -> None:
     groups = [g for g in coll.groups if g.status == "ok"]
     key = _mem_key(groups)
@@ -182,23 +190,22 @@ def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path])
                                                                  and g.model_total is not None),
                                                                 default=None))))
     xi = {fs: i for i, fs in enumerate(sizes)}
-    # One line per method whatever lr each table selected ("lora [lr=0.003]" and "lora [lr=0.009]" are lora).
-    methods = sorted({base_method(g) for g in groups})
+    methods = sorted({_without_lr(g.method) for g in groups})
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
     for i, m in enumerate(methods):
         # Average over datasets: memory is dominated by model size and method, not the data.
         by_x: dict[int, list[float]] = {}
         for g in groups:
-            if base_method(g) == m and key in g.memory:
+            if _without_lr(g.method) == m and key in g.memory:
                 by_x.setdefault(xi[(g.model_family, g.model_size)], []).append(g.memory[key].mean)
         if not by_x:
             continue
         for n, fam in enumerate(dict.fromkeys(sizes[x][0] for x in sorted(by_x))):
             # A line joins the sizes of one family only: two families are not a size ladder.
             xs = [x for x in sorted(by_x) if sizes[x][0] == fam]
-            ax.plot(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], marker="o", color=cmap(i % 20),
-                    label=m if n == 0 else None)
+            ax.plot(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], marker="os^D"[i // 10 % 4], color=cmap(i % 10),
+                    linestyle="-" if i < 10 else "--", label=m if n == 0 else None)
     ax.set_xticks(range(len(sizes)))
     ax.set_xticklabels([f"{f}/{s}" for f, s in sizes], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(sizes) - 0.5)

@@ -678,9 +678,10 @@ def tex_escape(s: str) -> str:
     """Escaped LaTeX text; a `code span` (markdown's backticks, as in notes) becomes \\texttt{…}, since
     LaTeX would print a backtick as an opening quote."""
     parts = s.split("`")
-    if len(parts) % 2 == 0:  # an unpaired backtick is text, not a span
-        parts = [s]
-    return "".join(f"\\texttt{{{_tex_text(p)}}}" if i % 2 else _tex_text(p) for i, p in enumerate(parts))
+    tail = ""
+    if len(parts) % 2 == 0:  # backticks pair left to right; an unpaired last one is a character
+        tail = r"\textasciigrave{}" + _tex_text(parts.pop())
+    return "".join(f"\\texttt{{{_tex_text(p)}}}" if i % 2 else _tex_text(p) for i, p in enumerate(parts)) + tail
 
 
 def _tex_text(s: str) -> str:
