@@ -202,6 +202,38 @@ def test_commit_record_commits_the_record_and_not_the_weights(tmp_path, monkeypa
     assert _git(repo, "rev-parse", "HEAD") == head
 
 
+def test_a_committed_record_commits_its_report_regenerated_with_it(tmp_path, monkeypatch):
+    """main never holds records its committed report does not reproduce, wherever a benchmark stops."""
+    import shutil
+    from types import SimpleNamespace
+
+    from peftbench.report import build_report
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (("init", "-q"), ("config", "user.email", "t@example.com"), ("config", "user.name", "t")):
+        _git(repo, *args)
+    runs = repo / "rep" / "runs"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "reports" / "quickstart" / "runs", runs)
+    late = next(runs.glob("*method=lora*"))
+    shutil.move(late, tmp_path / "late")
+    (repo / "rep" / "report-args").write_text("--reference lora\n")  # no lora row yet: the default is fine
+    build_report([runs], repo / "rep")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "init")
+    shutil.move(tmp_path / "late", late)
+    (repo / "elsewhere.txt").write_text("not mine")
+    monkeypatch.chdir(repo)
+    suite.committer(SimpleNamespace(name="g"), runs.relative_to(repo))(late.relative_to(repo), {"status": "ok"})
+    subjects = _git(repo, "log", "--format=%s", "-3").splitlines()
+    assert subjects[0].startswith("g: report regenerated (4 ok runs)") and subjects[1].endswith(" ok")
+    files = _git(repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert "rep/report.md" in files and "rep/report.html" in files and "elsewhere.txt" not in files
+    fresh = build_report([runs], tmp_path / "fresh", reference="lora")
+    assert _git(repo, "show", "HEAD:rep/report.md") == fresh.markdown and "| lora |" in fresh.markdown
+    assert _git(repo, "status", "--porcelain", "rep") == ""  # nothing of the report left uncommitted
+
+
 def test_shard_and_jobs_are_checked(capsys):
     for argv, msg in ((["--shard", "2/2", "--dry-run"], "0 <= K < N"), (["--shard", "x", "--dry-run"], "K/N"),
                       (["--jobs", "0"], "--jobs must be >= 1"), (["--jobs", "2", "--shard", "0/2"], "exclude")):

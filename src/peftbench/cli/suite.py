@@ -423,31 +423,64 @@ def shard_of(grid: Grid, methods: list[str], k: int, n: int) -> set[tuple[str, s
 
 
 def committer(grid: Grid, runs: Path) -> Callable[[Path, dict[str, Any]], None]:
-    """The --commit hook: one commit per run folder, named by its path under ``runs`` and its status."""
-    return lambda folder, rec: commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}")
+    """The --commit hook: one commit per run folder, named by its path under ``runs`` and its status;
+    then the committed report beside ``runs``, if there is one, regenerated and committed too."""
+    def done(folder: Path, rec: dict[str, Any]) -> None:
+        if commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}"):
+            refresh_report(runs, grid.name)
+    return done
 
 
-def commit_record(folder: Path, message: str) -> None:
-    """``git commit`` one finished run's folder (reports/.gitignore keeps weights and logs out), so a
-    stopped benchmark loses nothing. Several workers may commit at once: a held index lock is retried."""
+REPORT_FILES = ("report.md", "report.csv", "failures.csv", "report.tex", "report.html", "plots")
+
+
+def refresh_report(runs: Path, name: str) -> None:
+    """Regenerate and commit the report that ``<report>/runs`` feeds (``<report>/report.md``, with
+    ``report-args``): a record committed without it would leave main with a report its records no
+    longer reproduce, until the grid ends; a benchmark may stop at any record. Workers take turns."""
+    import fcntl
+    import shutil
+
+    from peftbench.report import build_report
+
+    report = runs.parent
+    md = report / "report.md"
+    if runs.name != "runs" or not md.is_file():
+        return
+    args = (report / "report-args").read_text().split() if (report / "report-args").is_file() else []
+    ref = args[args.index("--reference") + 1] if "--reference" in args[:-1] else None
+    with open(md, "r+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        shutil.rmtree(report / "plots", ignore_errors=True)  # a plot the records no longer make goes too
+        res = build_report([runs], report, reference=ref)
+        commit_record([report / f for f in REPORT_FILES if (report / f).exists()],
+                      f"{name}: report regenerated ({res.n_ok} ok runs)")
+
+
+def commit_record(folder: Path | Sequence[Path], message: str) -> bool:
+    """``git commit`` one finished run's folder (reports/.gitignore keeps weights and logs out), or
+    several paths, so a stopped benchmark loses nothing; True when a commit was made. Several workers
+    may commit at once: a held index lock is retried."""
     import subprocess
 
+    paths = [str(p) for p in ([folder] if isinstance(folder, Path) else folder)]
     for attempt in range(8):
-        add = subprocess.run(["git", "add", "-A", "--", str(folder)], capture_output=True, text=True, check=False)
+        add = subprocess.run(["git", "add", "-A", "--", *paths], capture_output=True, text=True, check=False)
         err = add.stderr
         if add.returncode == 0:
-            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(folder)], check=False).returncode == 0:
-                return  # nothing new under the folder
-            done = subprocess.run(["git", "commit", "-q", "--no-verify", "-m", message, "--", str(folder)],
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], check=False).returncode == 0:
+                return False  # nothing new
+            done = subprocess.run(["git", "commit", "-q", "--no-verify", "-m", message, "--", *paths],
                                   capture_output=True, text=True, check=False)
             if done.returncode == 0:
-                return
+                return True
             err = done.stderr
         if "index.lock" not in err:
-            log.warning("--commit: git could not commit %s: %s", folder, err.strip()[-300:])
-            return
+            log.warning("--commit: git could not commit %s: %s", ", ".join(paths), err.strip()[-300:])
+            return False
         time.sleep(0.5 + attempt)
-    log.warning("--commit: the git index stayed locked; %s is not committed (it stays on disk)", folder)
+    log.warning("--commit: the git index stayed locked; %s is not committed (it stays on disk)", ", ".join(paths))
+    return False
 
 
 def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[str], pre: dict[str, Any],
