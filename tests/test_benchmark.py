@@ -232,6 +232,16 @@ def test_a_committed_record_commits_its_report_regenerated_with_it(tmp_path, mon
     fresh = build_report([runs], tmp_path / "fresh", reference="lora")
     assert _git(repo, "show", "HEAD:rep/report.md") == fresh.markdown and "| lora |" in fresh.markdown
     assert _git(repo, "status", "--porcelain", "rep") == ""  # nothing of the report left uncommitted
+    # a report that cannot be regenerated (here: a reference no record has) never stops the benchmark
+    (repo / "rep" / "report-args").write_text("--reference nope\n")
+    head = _git(repo, "rev-parse", "HEAD")
+    (repo / "rep" / "plots" / "stale.png").write_bytes(b"x")
+    suite.refresh_report(runs.relative_to(repo), "g")
+    assert _git(repo, "rev-parse", "HEAD") == head and _git(repo, "status", "--porcelain", "rep") == (
+        " M rep/report-args\n?? rep/plots/stale.png\n")  # the committed report is left as it was
+    (repo / "rep" / "report-args").write_text("--reference lora\n")
+    suite.refresh_report(runs.relative_to(repo), "g")
+    assert not (repo / "rep" / "plots" / "stale.png").exists()  # a plot the records no longer make goes
 
 
 def test_shard_and_jobs_are_checked(capsys):

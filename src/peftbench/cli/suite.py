@@ -439,7 +439,6 @@ def refresh_report(runs: Path, name: str) -> None:
     ``report-args``): a record committed without it would leave main with a report its records no
     longer reproduce, until the grid ends; a benchmark may stop at any record. Workers take turns."""
     import fcntl
-    import shutil
 
     from peftbench.report import build_report
 
@@ -451,8 +450,15 @@ def refresh_report(runs: Path, name: str) -> None:
     ref = args[args.index("--reference") + 1] if "--reference" in args[:-1] else None
     with open(md, "r+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
-        shutil.rmtree(report / "plots", ignore_errors=True)  # a plot the records no longer make goes too
-        res = build_report([runs], report, reference=ref)
+        try:
+            res = build_report([runs], report, reference=ref)
+        except Exception as e:  # the report is a view of the records: it never stops the benchmark
+            log.warning("--commit: %s not regenerated (%s: %s); the records are committed", report, type(e).__name__, e)
+            return
+        made = {p.name for p in res.files}
+        for old in (report / "plots").glob("*"):  # a plot the records no longer make goes too
+            if old.name not in made:
+                old.unlink()
         commit_record([report / f for f in REPORT_FILES if (report / f).exists()],
                       f"{name}: report regenerated ({res.n_ok} ok runs)")
 
