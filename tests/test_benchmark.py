@@ -203,7 +203,8 @@ def test_commit_record_commits_the_record_and_not_the_weights(tmp_path, monkeypa
 
 
 def test_a_committed_record_commits_its_report_regenerated_with_it(tmp_path, monkeypatch):
-    """main never holds records its committed report does not reproduce, wherever a benchmark stops."""
+    """main never holds records its committed report does not reproduce, wherever a benchmark stops:
+    the record and its regenerated report go in one commit, built from git's records only."""
     import shutil
     from types import SimpleNamespace
 
@@ -217,31 +218,34 @@ def test_a_committed_record_commits_its_report_regenerated_with_it(tmp_path, mon
     shutil.copytree(Path(__file__).resolve().parents[1] / "reports" / "quickstart" / "runs", runs)
     late = next(runs.glob("*method=lora*"))
     shutil.move(late, tmp_path / "late")
-    (repo / "rep" / "report-args").write_text("--reference lora\n")  # no lora row yet: the default is fine
+    (repo / "rep" / "report-args").write_text("--reference=lora --formats md,csv,html\n")  # as `peftbench report` reads it
     build_report([runs], repo / "rep")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "init")
     shutil.move(tmp_path / "late", late)
+    other = runs / "another worker's, not yet staged"
+    shutil.copytree(next(runs.glob("*method=full*")), other)
     (repo / "elsewhere.txt").write_text("not mine")
     monkeypatch.chdir(repo)
     suite.committer(SimpleNamespace(name="g"), runs.relative_to(repo))(late.relative_to(repo), {"status": "ok"})
-    subjects = _git(repo, "log", "--format=%s", "-3").splitlines()
-    assert subjects[0].startswith("g: report regenerated (4 ok runs)") and subjects[1].endswith(" ok")
-    files = _git(repo, "show", "--name-only", "--format=", "HEAD").split()
-    assert "rep/report.md" in files and "rep/report.html" in files and "elsewhere.txt" not in files
-    fresh = build_report([runs], tmp_path / "fresh", reference="lora")
+    subject, files = _git(repo, "show", "--name-only", "--format=%s", "HEAD").split("\n", 1)
+    assert subject.startswith("g: ") and subject.endswith(" ok")  # one commit: the record and its report
+    assert "rep/report.md" in files and "rep/report.html" in files and "results.json" in files
+    assert "elsewhere.txt" not in files and "another worker" not in files
+    shutil.rmtree(other)
+    fresh = build_report([runs], tmp_path / "fresh", formats=("md",), reference="lora")
     assert _git(repo, "show", "HEAD:rep/report.md") == fresh.markdown and "| lora |" in fresh.markdown
+    assert "rep/report.tex" not in files  # report-args' --formats honoured
     assert _git(repo, "status", "--porcelain", "rep") == ""  # nothing of the report left uncommitted
-    # a report that cannot be regenerated (here: a reference no record has) never stops the benchmark
+    # a report that cannot be regenerated (a reference no record has) never stops the benchmark
     (repo / "rep" / "report-args").write_text("--reference nope\n")
-    head = _git(repo, "rev-parse", "HEAD")
     (repo / "rep" / "plots" / "stale.png").write_bytes(b"x")
-    suite.refresh_report(runs.relative_to(repo), "g")
-    assert _git(repo, "rev-parse", "HEAD") == head and _git(repo, "status", "--porcelain", "rep") == (
-        " M rep/report-args\n?? rep/plots/stale.png\n")  # the committed report is left as it was
+    before = (repo / "rep" / "report.md").read_bytes()
+    assert suite.refresh_report(runs.relative_to(repo)) == []
+    assert (repo / "rep" / "report.md").read_bytes() == before and (repo / "rep" / "plots" / "stale.png").exists()
     (repo / "rep" / "report-args").write_text("--reference lora\n")
-    suite.refresh_report(runs.relative_to(repo), "g")
-    assert not (repo / "rep" / "plots" / "stale.png").exists()  # a plot the records no longer make goes
+    paths = suite.refresh_report(runs.relative_to(repo))
+    assert Path("rep/report.tex") in paths and not (repo / "rep" / "plots" / "stale.png").exists()
 
 
 def test_shard_and_jobs_are_checked(capsys):

@@ -76,6 +76,7 @@ def test_report_sees_the_whole_grid(tmp_path):
     for rel in ("t/m-s/lora/lr0.001/seed1", "t/m-s/lora/lr0.01/seed1", "t/m-s/lora/lr0.01/seed2"):
         (tmp_path / rel).mkdir(parents=True)
     m = {"run_ids": {"t/m-s/lora/lr0.001/seed1": "a", "t/m-s/lora/lr0.01/seed1": "b", "t/m-s/lora/lr0.01/seed2": "c"},
-         "pretrain": {"s": {"dir": str(tmp_path / "pre")}}}
-    dirs = suite.report_dirs(m, tmp_path)
-    assert [d.relative_to(tmp_path).as_posix() for d in dirs] == [*m["run_ids"], "pre"]
+         "pretrain": {"s": {"dir": str(tmp_path / "pretrain" / "s")}, "m": {"dir": str(tmp_path.parent / "ladder")}}}
+    # the runs folder itself (as `peftbench report <runs>` reads it, so the two agree byte for byte),
+    # and a ladder record kept outside it
+    assert suite.report_dirs(m, tmp_path) == [tmp_path, tmp_path.parent / "ladder"]

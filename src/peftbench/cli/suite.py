@@ -28,6 +28,7 @@ reads them, expands them into cells, runs, selects and writes the manifest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -423,44 +424,79 @@ def shard_of(grid: Grid, methods: list[str], k: int, n: int) -> set[tuple[str, s
 
 
 def committer(grid: Grid, runs: Path) -> Callable[[Path, dict[str, Any]], None]:
-    """The --commit hook: one commit per run folder, named by its path under ``runs`` and its status;
-    then the committed report beside ``runs``, if there is one, regenerated and committed too."""
+    """The --commit hook: one commit per new run record, named by its path under ``runs`` and its
+    status, carrying the committed report beside ``runs`` (if there is one) regenerated with it."""
     def done(folder: Path, rec: dict[str, Any]) -> None:
-        if commit_record(folder, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}"):
-            refresh_report(runs, grid.name)
+        if _git(["status", "--porcelain", "--", str(folder)]):
+            with _report_turn(runs):
+                _git(["add", "-A", "--", str(folder)])  # staged first: the report is built from the index
+                paths = [folder, *refresh_report(runs)]
+                commit_record(paths, f"{grid.name}: {folder.relative_to(runs)} {rec['status']}")
     return done
 
 
-REPORT_FILES = ("report.md", "report.csv", "failures.csv", "report.tex", "report.html", "plots")
+def _git(args: Sequence[str]) -> str:
+    """A git command's output in the current folder ('' when it fails)."""
+    import subprocess
+
+    out = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def refresh_report(runs: Path, name: str) -> None:
-    """Regenerate and commit the report that ``<report>/runs`` feeds (``<report>/report.md``, with
-    ``report-args``): a record committed without it would leave main with a report its records no
-    longer reproduce, until the grid ends; a benchmark may stop at any record. Workers take turns."""
+@contextlib.contextmanager
+def _report_turn(runs: Path) -> Iterator[None]:
+    """Workers commit and regenerate the report one at a time: a lock on a file in git's own folder,
+    so it is never committed, shared by every worker of this clone."""
     import fcntl
 
-    from peftbench.report import build_report
+    gd = _git(["rev-parse", "--git-dir"])
+    if not gd:
+        yield
+        return
+    with open(Path(gd) / "peftbench-report.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        yield
+
+
+REPORT_FILES = ("report.md", "report.csv", "failures.csv", "report.tex", "report.html")
+
+
+def refresh_report(runs: Path) -> list[Path]:
+    """Regenerate the report that ``<report>/runs`` feeds (``<report>/report.md``, as `peftbench report`
+    with ``report-args`` would) from the records in git's index (the committed ones and the one staged
+    to be committed with it); returns the paths to commit. A record committed without its report
+    would leave main with a report its records no longer reproduce, and a benchmark may stop at any
+    record; another worker's finished but unstaged record is left out. Never raises: records first."""
+    import shutil
+    import tempfile
 
     report = runs.parent
-    md = report / "report.md"
-    if runs.name != "runs" or not md.is_file():
-        return
-    args = (report / "report-args").read_text().split() if (report / "report-args").is_file() else []
-    ref = args[args.index("--reference") + 1] if "--reference" in args[:-1] else None
-    with open(md, "r+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
-        try:
-            res = build_report([runs], report, reference=ref)
-        except Exception as e:  # the report is a view of the records: it never stops the benchmark
-            log.warning("--commit: %s not regenerated (%s: %s); the records are committed", report, type(e).__name__, e)
-            return
+    if runs.name != "runs" or not (report / "report.md").is_file():
+        return []
+    try:
+        from peftbench.cli.main import build_parser
+        from peftbench.report import build_report
+
+        extra = (report / "report-args").read_text().split() if (report / "report-args").is_file() else []
+        a = build_parser().parse_args(["report", str(runs), *extra])
+        with tempfile.TemporaryDirectory() as tmp:
+            snap = Path(tmp) / "runs"
+            for f in filter(None, _git(["ls-files", "-z", "--", str(runs)]).split("\0")):
+                dest = snap / Path(f).resolve().relative_to(runs.resolve())
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest)
+            res = build_report([snap], report, formats=tuple(a.formats.split(",")), plots=not a.no_plots,
+                               reference=a.reference)
         made = {p.name for p in res.files}
-        for old in (report / "plots").glob("*"):  # a plot the records no longer make goes too
-            if old.name not in made:
+        for old in (report / "plots").glob("*") if (report / "plots").is_dir() else []:
+            if old.is_file() and old.name not in made:  # a plot the records no longer make goes too
                 old.unlink()
-        commit_record([report / f for f in REPORT_FILES if (report / f).exists()],
-                      f"{name}: report regenerated ({res.n_ok} ok runs)")
+        tracked = _git(["ls-files", "--", str(report / "plots")]).split()  # deleted ones included
+        return [*(report / f for f in REPORT_FILES if (report / f).exists()), *res.files, *map(Path, tracked)]
+    except (Exception, SystemExit) as e:  # the report is a view of the records: it never stops the benchmark
+        log.warning("--commit: %s not regenerated (%s: %s); the record is committed alone", report,
+                    type(e).__name__, e)
+        return []
 
 
 def commit_record(folder: Path | Sequence[Path], message: str) -> bool:
@@ -524,9 +560,12 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
 
 
 def report_dirs(manifest: dict[str, Any], runs: Path) -> list[Path]:
-    """Every run of the grid (all lrs: the report needs the grid to flag an edge) and the ladder."""
-    dirs = [runs / r for r in manifest["run_ids"] if (runs / r).exists()]
-    return dirs + [Path(p["dir"]) for p in manifest["pretrain"].values()]
+    """Every run of the grid (all lrs: the report needs the grid to flag an edge) and the ladder: the
+    runs folder itself, as `peftbench report <runs>` reads it (a list of run folders would name a
+    failure by its own folder, not by its path under runs), and any ladder record kept elsewhere."""
+    inside = runs.resolve()
+    return [runs, *(Path(p["dir"]) for p in manifest["pretrain"].values()
+                    if inside not in Path(p["dir"]).resolve().parents)]
 
 
 def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None:
@@ -583,6 +622,11 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
     extensions: list[dict[str, Any]] = []
     t0 = time.time()
     on_done = committer(grid, runs) if commit else None
+    if commit:  # a report left behind its records (a stop before this hook existed) is caught up first
+        with _report_turn(runs):
+            paths = refresh_report(runs)
+            if paths and _git(["status", "--porcelain", "--", *map(str, paths)]):
+                commit_record(paths, f"{grid.name}: report regenerated from the committed records")
     pre = _pretrain_ladder(grid, runs, shared, on_done)
     records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done, reuse)
     manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
@@ -790,8 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     report = None if a.no_report or not a.report else Path(a.report)
     if report is not None and a.only:  # a report of some tasks would replace the whole grid's
         refs = reference_args(grid.references)
-        print(f"--only: no report written; `peftbench report {runs} --out <folder>{' ' * bool(refs)}{refs}` reports "
-              "what has finished", file=sys.stderr)
+        print(f"--only: no full report written (with --commit, a partial report.md beside the runs is kept in step); "
+              f"`peftbench report {runs} --out <folder>{' ' * bool(refs)}{refs}` reports what has finished",
+              file=sys.stderr)
         report = None
     m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit, reuse=a.jobs > 1, whole=not a.only)
     bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
