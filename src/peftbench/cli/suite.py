@@ -458,9 +458,6 @@ def _report_turn(runs: Path) -> Iterator[None]:
         yield
 
 
-REPORT_FILES = ("report.md", "report.csv", "failures.csv", "report.tex", "report.html")
-
-
 def refresh_report(runs: Path) -> list[Path]:
     """Regenerate the report that ``<report>/runs`` feeds (``<report>/report.md``, as `peftbench report`
     with ``report-args`` would) from the records in git's index (the committed ones and the one staged
@@ -492,7 +489,7 @@ def refresh_report(runs: Path) -> list[Path]:
             if old.is_file() and old.name not in made:  # a plot the records no longer make goes too
                 old.unlink()
         tracked = _git(["ls-files", "--", str(report / "plots")]).split()  # deleted ones included
-        return [*(report / f for f in REPORT_FILES if (report / f).exists()), *res.files, *map(Path, tracked)]
+        return [*res.files, *map(Path, tracked)]
     except (Exception, SystemExit) as e:  # the report is a view of the records: it never stops the benchmark
         log.warning("--commit: %s not regenerated (%s: %s); the record is committed alone", report,
                     type(e).__name__, e)
@@ -625,7 +622,7 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
     if commit:  # a report left behind its records (a stop before this hook existed) is caught up first
         with _report_turn(runs):
             paths = refresh_report(runs)
-            if paths and _git(["status", "--porcelain", "--", *map(str, paths)]):
+            if paths:  # commit_record makes no commit when nothing changed
                 commit_record(paths, f"{grid.name}: report regenerated from the committed records")
     pre = _pretrain_ladder(grid, runs, shared, on_done)
     records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done, reuse)
