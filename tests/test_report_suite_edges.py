@@ -4,10 +4,14 @@ is under test."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+import pytest
 
 from peftbench.cli import suite
 from peftbench.cli.suite import Cell, Grid, Task, edge_extensions, next_lr, select
+from peftbench.errors import ConfigError
 
 
 def _fake_run(calls):
@@ -58,6 +62,31 @@ def test_extension_disabled(monkeypatch, tmp_path):
     monkeypatch.setattr(suite, "_run", _fake_run(calls))
     suite._run_cells(_grid([1e-4, 1e-3]), ["lora"], tmp_path, tmp_path, extend=0)
     assert calls == [(1e-4, 1), (1e-3, 1), (1e-3, 2)]
+
+
+def test_a_task_s_own_rounds_beat_the_grid_s_and_the_command_line_beats_both(monkeypatch, tmp_path):
+    """val/acc peaks at 1e-2: from [1e-6, 1e-5] that is three steps up. The grid allows one round, the
+    task three; --extend-edges (``extend``) overrides the task's."""
+    calls = []
+    monkeypatch.setattr(suite, "_run", _fake_run(calls))
+    g = _grid([1e-6, 1e-5])
+    g = dataclasses.replace(g, extend_edges=1, tasks=[dataclasses.replace(g.tasks[0], extend_edges=3)])
+    ext = []
+    suite._run_cells(g, ["lora"], tmp_path, tmp_path, extensions=ext)
+    assert [e["added_lr"] for e in ext] == [1e-4, 1e-3, 1e-2] and calls[-1] == (1e-2, 2)
+    assert g.extend_per_task() == {"t:m-s": 3} and g.extend_per_task(0) == {"t:m-s": 0}
+    assert suite.rounds_text({"a": 2, "b": 2, "c": 4}) == "2 (c: 4)" and suite.rounds_text(1) == "1"
+    calls.clear()
+    suite._run_cells(g, ["lora"], tmp_path / "cli", tmp_path, extend=0)
+    assert calls == [(1e-6, 1), (1e-5, 1), (1e-5, 2)]
+
+
+def test_a_task_s_bad_rounds_are_refused(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("methods: [lora]\nseeds: [1]\nlrs: {default: [1.0e-3]}\n"
+                 "tasks: [{name: t, overrides: [], select: val/acc, report: test/acc, models: {m: [s]}, extend_edges: -2}]\n")
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: extend_edges must be an integer >= 0, got -2"):
+        suite.load_grid(p)
 
 
 def test_selection_markdown_flags_the_edge():

@@ -4,9 +4,9 @@ Every cell is one ordinary ``train(cfg)`` run (same code as ``peftbench-train``)
 dir, so a relaunch skips finished cells (idempotent run ids) and a failed cell is recorded, not
 fatal. Model selection: for each (task, model, size, method) the lr with the best mean
 *selection* metric over seeds wins; the report shows those runs' numbers on the *held-out* split.
-A selected lr at an edge of its grid is extended by one step beyond it (the grid's
-``extend_edges`` rounds, default 1, or ``--extend-edges``; each added run is listed in the
-manifest), since the optimum may lie there.
+A selected lr at an edge of its grid is extended by one step beyond it (``extend_edges`` rounds:
+the task's, else the grid's, default 1; ``--extend-edges`` overrides both; each added run is listed
+in the manifest), since the optimum may lie there.
 
 Splits (each task's ``splits`` line, stated in every report): the selection metric is read on a
 dev split (``val/*``) and the report shows the held-out split (``test/*``), never the same rows:
@@ -65,6 +65,8 @@ class Task:
     lrs: dict[str, list[float]] | None = field(default=None, hash=False, compare=False)
     cost: float = field(default=1.0, hash=False, compare=False)  # relative run time: balances --jobs workers
     splits: str = field(default="", hash=False, compare=False)  # which split selects, which is reported
+    # None: the grid's extend_edges (a task whose optimum lies far from the shared lr grid needs more rounds)
+    extend_edges: int | None = field(default=None, hash=False, compare=False)
 
     def own_methods(self, methods: list[str]) -> list[str]:
         """The grid's available methods this task runs."""
@@ -94,13 +96,34 @@ class Grid:
     def seeds_of(self, task: Task) -> list[int]:
         return list(task.seeds or self.seeds)
 
+    def rounds(self, task: Task, override: int | None = None) -> int:
+        """Edge-extension rounds for ``task``: ``override`` (--extend-edges), else the task's, else the grid's."""
+        return override if override is not None else task.extend_edges if task.extend_edges is not None \
+            else self.extend_edges
+
+    def extend_per_task(self, override: int | None = None) -> dict[str, int]:
+        """The rounds of every task, keyed as the manifest's splits are (the manifest's ``extend_edges``)."""
+        return {task_key(t): self.rounds(t, override) for t in self.tasks}
+
     def lr_grid(self, method: str, task: Task | None = None) -> list[float]:
         lrs = task.lrs if task is not None and task.lrs else self.lrs
         return lrs.get(method, lrs["default"])
 
 
 GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks", "extend_edges", "references"}
-TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs", "cost", "splits"}
+TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs", "cost", "splits",
+             "extend_edges"}
+
+
+def task_key(t: Task) -> str:
+    """A task's name is not unique in a grid (SST-2 on three models): this key is."""
+    return f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}"
+
+
+def _rounds(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}: extend_edges must be an integer >= 0, got {value!r}", option="extend_edges")
+    return value
 
 
 def grid_dir() -> Path:
@@ -127,7 +150,8 @@ def _task(raw: dict[str, Any], where: str) -> Task:
     own = {k: tuple(raw[k]) for k in ("methods", "seeds") if raw.get(k) is not None}
     return Task(str(raw["name"]), tuple(str(o) for o in raw["overrides"]), raw["select"], raw["report"], models,
                 lrs=_lrs(raw["lrs"]) if raw.get("lrs") else None, cost=float(raw.get("cost", 1.0)),
-                splits=str(raw.get("splits") or ""), **own)
+                splits=str(raw.get("splits") or ""),
+                extend_edges=_rounds(raw["extend_edges"], where) if "extend_edges" in raw else None, **own)
 
 
 def load_grid(path: Path) -> Grid:
@@ -137,9 +161,7 @@ def load_grid(path: Path) -> Grid:
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     _check_keys(raw, GRID_KEYS, {"methods", "seeds", "lrs", "tasks"}, str(path))
     common = {"common": tuple(raw["common"])} if "common" in raw else {}  # else the dataclass default
-    extend = raw.get("extend_edges", 1)
-    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
-        raise ConfigError(f"{path}: extend_edges must be an integer >= 0, got {extend!r}", option="extend_edges")
+    extend = _rounds(raw.get("extend_edges", 1), str(path))
     tasks = [_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])]
     refs = raw.get("references", ["full"])  # the default needs no full row: the report then says n/a
     if "references" in raw and (not isinstance(refs, list) or not refs or len(set(refs)) < len(refs)
@@ -366,11 +388,11 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) 
 Keep = Callable[[Cell], bool] | None  # the groups this process runs (a --shard worker's share); None: all
 
 
-def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int = 1,
+def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int | None = None,
                extensions: list[dict[str, Any]] | None = None, keep: Keep = None,
                on_done: Any = None, reuse: bool = False) -> dict[Cell, dict[str, Any]]:
-    """Task by task, in grid order: phase 1 (the lr grid on the first seed); up to ``extend`` rounds
-    that add one lr beyond the edge a group selected (listed in ``extensions``, for the manifest);
+    """Task by task, in grid order: phase 1 (the lr grid on the first seed); up to ``grid.rounds(task,
+    extend)`` rounds that add one lr beyond the edge a group selected (listed in ``extensions``, for the manifest);
     then phase 2 (the other seeds at the selected lr). A task's table is complete before the next
     task starts, so a stopped benchmark leaves whole tables behind. ``on_done(folder, record)`` is
     called after each cell (finished before or now): the --commit hook; ``reuse``: see ``_run``."""
@@ -394,7 +416,7 @@ def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend:
         for c in phase1:
             run_cell(c)
             mine[c] = records[c]
-        for step in range(extend):  # bounded: each round adds at most one lr per edge-selected group
+        for step in range(grid.rounds(task, extend)):  # bounded: each round adds at most one lr per edge-selected group
             more = [c for c in edge_extensions(one, mine) if c not in mine]
             for c in more:
                 run_cell(c)
@@ -524,11 +546,12 @@ def commit_record(folder: Path | Sequence[Path], message: str) -> bool:
 
 def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[str], pre: dict[str, Any],
                    records: dict[Cell, dict[str, Any]], runs: Path, t0: float,
-                   extensions: list[dict[str, Any]] | None = None, extend: int = 1) -> dict[str, Any]:
+                   extensions: list[dict[str, Any]] | None = None, extend: int | None = None) -> dict[str, Any]:
     """What ran, how it was selected, on what machine: the report's manifest.json."""
     from peftbench.run.record import env_info, git_revision
 
     selection = select(grid, records)
+    rounds = grid.extend_per_task(extend)
     env = env_info()  # once: it imports torch and runs git
     return {
         "grid": grid.name, "command": command, "git_revision": git_revision(short=False),
@@ -537,17 +560,16 @@ def build_manifest(grid: Grid, command: str, methods: list[str], skipped: list[s
         "versions": {m: v for m, v in env.items()
                      if m in ("torch", "lightning", "transformers", "peft", "datasets", "bitsandbytes")},
         "methods_run": methods, "methods_skipped_not_available": skipped, "seeds": grid.seeds,
-        "protocol": f"lr grid on the first seed (selection metric); up to {extend} extra lr step(s) beyond a grid edge "
+        "protocol": f"lr grid on the first seed (selection metric); up to {rounds_text(rounds)} extra lr step(s) beyond a grid edge "
                     "that was selected; then the other seeds at the selected lr; "
                     "the report shows the selected lr's runs (mean ± std over seeds)",
         "tasks": [{"name": t.name, "models": [f"{m}-{z}" for m, z in t.models], "methods": t.own_methods(methods),
                    "seeds": grid.seeds_of(t), "overrides": list(t.overrides)} for t in grid.tasks],
         "lr_grid": {m: grid.lr_grid(m) for m in methods},
-        "lr_grid_per_task": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.lrs for t in grid.tasks if t.lrs},
-        "splits": {f"{t.name}:{'/'.join(f'{a}-{b}' for a, b in t.models)}": t.splits or f"select {t.select}, report {t.report}"
-                   for t in grid.tasks},
+        "lr_grid_per_task": {task_key(t): t.lrs for t in grid.tasks if t.lrs},
+        "splits": {task_key(t): t.splits or f"select {t.select}, report {t.report}" for t in grid.tasks},
         "pretrain": pre, "selection": selection, "lr_grid_extensions": list(extensions or []),
-        "extend_edges": extend, "references": list(grid.references),
+        "extend_edges": rounds, "references": list(grid.references),
         "runs_dir": str(runs),
         "run_ids": {c.rel_dir(): r["run_id"] for c, r in records.items()},
         "statuses": {c.rel_dir(): r["status"] for c, r in records.items()},
@@ -611,7 +633,7 @@ def front_page(report_dir: Path, generated: str) -> tuple[Path, str]:
     return readme, f"{generated}\n{READING_MARK}{old.split(READING_MARK, 1)[1]}"
 
 
-def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, command: str, extend: int = 1,
+def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, command: str, extend: int | None = None,
              keep: Keep = None, commit: bool = False, reuse: bool = False, whole: bool = True) -> dict[str, Any]:
     """Run (or skip, when finished) every cell of ``grid`` whose group ``keep`` accepts, record by
     record into ``runs``; then the manifest beside the runs and, given ``report_dir``, the report."""
@@ -663,7 +685,8 @@ def run_workers(grid: Grid, a: argparse.Namespace) -> int:
     _pretrain_ladder(grid, runs_dir(a, grid), Path(a.out) / "pretrained",
                      committer(grid, runs_dir(a, grid)) if a.commit else None)
     base = [sys.executable, "-m", "peftbench.cli.suite", "--grid", grid.name, "--runs", str(runs_dir(a, grid)),
-            "--out", a.out, "--extend-edges", str(a.extend_edges), *(["--only", a.only] if a.only else []),
+            "--out", a.out, *(["--extend-edges", str(a.extend_edges)] if a.extend_edges is not None else []),
+            *(["--only", a.only] if a.only else []),
             *(["--commit"] if a.commit else [])]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
@@ -736,20 +759,29 @@ def selection_markdown(m: dict[str, Any]) -> str:
         lines.append(f"| {r['task']} | {r['model']} | {r['size']} | {r['method']} | {r['select_on']} | {scores} | "
                      f"{r['best_lr'] if r['best_lr'] is not None else '—'} | {flag} |")
     ext = m.get("lr_grid_extensions") or []
-    lines += ["", f"Edge-selected grids were extended by one lr step, at most {m.get('extend_edges', 1)} time(s) per "
+    lines += ["", f"Edge-selected grids were extended by one lr step, at most {rounds_text(m.get('extend_edges', 1))} time(s) per "
               f"group ({len(ext)} extra run(s)" + (": " + "; ".join(
                   f"{e['task']} {e['model']}-{e['size']} {e['method']} +lr {e['added_lr']:g}" for e in ext) if ext else "")
               + "); a flag left above means the bound was reached."]
     return "\n".join(lines) + "\n"
 
 
-def dry_run(grid: Grid, shared: Path | None = None, extend: int = 1) -> list[str]:
+def rounds_text(rounds: int | dict[str, int]) -> str:
+    """``2``, or ``2 (wiki_lm:gpt2_local-s/…: 4)`` when some task has its own rounds."""
+    if isinstance(rounds, int):
+        return str(rounds)
+    common = max(set(rounds.values()), key=list(rounds.values()).count, default=1)
+    own = [f"{k}: {v}" for k, v in rounds.items() if v != common]
+    return f"{common}" + (f" ({'; '.join(own)})" if own else "")
+
+
+def dry_run(grid: Grid, shared: Path | None = None, extend: int | None = None) -> list[str]:
     methods, skipped = available_methods(grid.methods)
     out = [f"# grid {grid.name}: methods {methods} (skipped: {skipped}), seeds {grid.seeds}"]
     out += [f"pretrain gpt2_local-{s}: {' '.join(pretrain_overrides(grid, s, shared))}" for s in ladder_sizes(grid)]
     out += [f"{c.rel_dir()}: {' '.join(c.overrides(grid, shared))}" for c in cells(grid, methods)]
     extra = sum(len(t.models) * len(t.own_methods(methods)) * (len(grid.seeds_of(t)) - 1) for t in grid.tasks)
-    out.append(f"# then up to {extend} more lr(s) per group whose selected lr is at an edge of its grid, and "
+    out.append(f"# then up to {rounds_text(grid.extend_per_task(extend))} more lr(s) per group whose selected lr is at an edge of its grid, and "
                f"{extra} more runs: the other seeds at each group's selected lr")
     return out
 
@@ -769,8 +801,8 @@ def _parser() -> argparse.ArgumentParser:
                                                   "<report>/runs unless --runs says otherwise")
     p.add_argument("--runs", default=None, help="run records folder (default: <report>/runs, else <out>/<grid>/runs)")
     p.add_argument("--extend-edges", type=int, default=None, metavar="N",
-                   help="rounds that add one lr beyond a grid edge the selection chose (0: never; default: the "
-                        "grid's extend_edges, else 1)")
+                   help="rounds that add one lr beyond a grid edge the selection chose, for every task (0: never; "
+                        "default: each task's extend_edges, else the grid's, else 1)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="N single-thread worker processes side by side (whole groups each; on 2 cores, 2 beats "
                         "one 2-thread process); the report is written once all have finished")
@@ -804,8 +836,6 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
         grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
-    if a.extend_edges is None:
-        a.extend_edges = grid.extend_edges
     shared = Path(a.out) / "pretrained"
     if a.dry_run:
         print("\n".join(dry_run(grid, shared, a.extend_edges)))
