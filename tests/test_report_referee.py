@@ -324,20 +324,40 @@ def test_a_curve_that_stopped_before_the_end_is_completed_from_the_predictions(t
     assert metric == "acc" or want == pytest.approx(0.5)  # 2 of 8 wrong, one of each class: MCC 0.5
 
 
-@pytest.mark.parametrize("pred,label,k", [
-    ([1, 1, 0, 0, 1, 0, 1, 0, 1, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 0], 2),  # ordinary binary
-    ([0] * 10, [0] * 7 + [1] * 3, 2),            # constant predictor: torchmetrics' eps rule, not 0
-    ([1, 1, 1], [0, 1, 0], 2), ([0, 0], [0, 0], 2), ([1, 1], [0, 0], 2),  # degenerate two-class cases
-    ([0, 1, 2, 2, 1, 0, 2], [0, 1, 1, 2, 1, 2, 2], 3), ([2] * 5, [0, 1, 2, 2, 1], 3)])  # multiclass
-def test_matthews_is_the_value_torchmetrics_draws_during_training(pred, label, k):
-    """A curve point completed from predictions must sit on the curve torchmetrics measured."""
+@pytest.mark.parametrize("pred,label,k,undefined", [
+    ([1, 1, 0, 0, 1, 0, 1, 0, 1, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 0], 2, False),  # ordinary binary
+    ([0] * 10, [0] * 7 + [1] * 3, 2, True),       # constant predictor: 0 (torchmetrics 1.x says 0.035-ish)
+    ([1, 1, 1], [0, 1, 0], 2, True), ([0, 0], [0, 0], 2, True), ([1, 1], [0, 0], 2, True),  # one class only
+    ([0, 1, 2, 2, 1, 0, 2], [0, 1, 1, 2, 1, 2, 2], 3, False), ([2] * 5, [0, 1, 2, 2, 1], 3, True)])  # multiclass
+def test_matthews_is_the_training_metric_and_zero_where_undefined(pred, label, k, undefined):
+    """A curve point completed from predictions must sit on the curve the training metric drew; where
+    MCC is undefined both say 0 (GLUE's convention), elsewhere both agree with torchmetrics."""
     import torch
     from torchmetrics.classification import MulticlassMatthewsCorrCoef
 
+    from peftbench.lit.tasks import MatthewsCorrCoef
     from peftbench.report import stats
 
-    want = float(MulticlassMatthewsCorrCoef(num_classes=k)(torch.tensor(pred), torch.tensor(label)))
-    assert stats.matthews(pred, label, k) == pytest.approx(want, abs=1e-6)
+    ours = float(MatthewsCorrCoef(num_classes=k)(torch.tensor(pred), torch.tensor(label)))
+    assert stats.matthews(pred, label, k) == pytest.approx(ours, abs=1e-6)
+    if undefined:
+        assert ours == 0.0
+    else:
+        assert ours == pytest.approx(float(MulticlassMatthewsCorrCoef(num_classes=k)(torch.tensor(pred),
+                                                                                       torch.tensor(label))), abs=1e-6)
+        assert ours != 0.0
+
+
+def test_a_constant_predictor_s_mcc_is_zero_through_the_lightning_module_s_metric():
+    """Accumulated over batches as validation does (update, update, compute): still 0, not an eps value."""
+    import torch
+
+    from peftbench.lit.tasks import Classification
+
+    mcc = Classification(2, headline="mcc").metrics()["mcc"]
+    for labels in ([1] * 200 + [0] * 56, [1] * 88 + [0] * 56):
+        mcc.update(torch.ones(len(labels), dtype=torch.long), torch.tensor(labels))
+    assert float(mcc.compute()) == 0.0
 
 
 def test_the_last_quarter_is_read_at_three_quarters_of_the_final_step():

@@ -78,6 +78,20 @@ class Task(nn.Module):
         return {}
 
 
+class MatthewsCorrCoef(torchmetrics.classification.MulticlassMatthewsCorrCoef):
+    """Matthews correlation with GLUE's (scikit-learn's) convention: 0 where it is undefined (one
+    class predicted, or one class in the labels). torchmetrics 1.x returns an epsilon-rule value there
+    (0.035 for a constant predictor on CoLA's dev set, torchmetrics#3355), which would rank a constant
+    predictor above a model that tries and errs. Gorodkin's R_K (the binary MCC for two classes)."""
+
+    def compute(self) -> torch.Tensor:
+        c = self.confmat.double()  # rows: label, columns: prediction
+        n, t, p = c.sum(), c.sum(1), c.sum(0)
+        den = (n * n - (p * p).sum()) * (n * n - (t * t).sum())
+        cov = c.trace() * n - (t * p).sum()
+        return (cov / den.sqrt() if den > 0 else torch.zeros((), dtype=c.dtype, device=c.device)).float()
+
+
 class Classification(Task):
     name = "classification"
     headline = "acc"
@@ -96,7 +110,7 @@ class Classification(Task):
         return nn.ModuleDict({
             "acc": torchmetrics.classification.MulticlassAccuracy(average="micro", **kw),
             "f1": torchmetrics.classification.MulticlassF1Score(average="macro", **kw),
-            "mcc": torchmetrics.classification.MulticlassMatthewsCorrCoef(**kw),
+            "mcc": MatthewsCorrCoef(**kw),
         })
 
     def step(self, model, batch):

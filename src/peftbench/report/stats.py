@@ -202,46 +202,11 @@ def paired_bootstrap_pvalue(stat_a: Callable[[Any], Any], stat_b: Callable[[Any]
     return float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
 
 
-F32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps
-
-
-def _binary_mcc(tn: int, fp: int, fn: int, tp: int) -> float:
-    """torchmetrics' two-class MCC, its degenerate cases included (a constant predictor is not 0
-    there), so that a value computed here sits on the curve torchmetrics drew during training."""
-    if tp + tn and not fp + fn:
-        return 1.0
-    if not tp + tn and fp + fn:
-        return -1.0
-    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    if den:
-        return (tp * tn - fp * fn) / math.sqrt(den)
-    e = F32_EPS
-    if fn == 0 and tn == 0:
-        num = math.sqrt(e) * (tp - fp)
-    elif fp == 0 and tn == 0:
-        num = math.sqrt(e) * (tp - fn)
-    elif tp == 0 and fn == 0:
-        num = math.sqrt(e) * (tn - fp)
-    elif tp == 0 and fp == 0:
-        num = math.sqrt(e) * (tn - fn)
-    elif tp == 0:
-        num = tn - fp * fn
-    elif tn == 0:
-        num = tp - fp * fn
-    elif fp == 0 or fn == 0:
-        num = tp * tn
-    else:
-        return 0.0
-    return num / math.sqrt((tp + fp + e) * (tp + fn + e) * (tn + fp + e) * (tn + fn + e))
-
-
 def matthews(pred: Sequence[int], label: Sequence[int], num_classes: int | None = None) -> float:
-    """Matthews correlation as torchmetrics' MulticlassMatthewsCorrCoef computes it (Gorodkin's R_K;
-    with two classes its binary rules); ``num_classes`` defaults to the largest label seen + 1."""
+    """Matthews correlation as the training metric computes it (``lit.tasks.MatthewsCorrCoef``:
+    Gorodkin's R_K, the binary MCC for two classes; 0 where undefined, GLUE's convention);
+    ``num_classes`` defaults to the largest label seen + 1."""
     k = num_classes or max(2, 1 + max(int(x) for x in [*pred, *label]))
-    if k == 2:
-        pairs = list(zip(map(int, label), map(int, pred)))
-        return _binary_mcc(*(sum(1 for p in pairs if p == c) for c in ((0, 0), (0, 1), (1, 0), (1, 1))))
     n = len(label)
     correct = sum(int(a) == int(b) for a, b in zip(pred, label))
     p = [sum(1 for a in pred if int(a) == c) for c in range(k)]
