@@ -87,6 +87,23 @@ def test_expected_flags(sweep: Path):
     assert t.referee.majority == {"test/acc": (0.6, N)}
 
 
+def test_a_flat_grid_is_flagged_flat_not_at_its_edge(tmp_path: Path):
+    """Three lrs, the same validation score (a plateau, as a constant predictor at every lr gives):
+    no edge to extend past; the smallest lr is shown and the flag says the data selected nothing."""
+    for i, lr in enumerate((1e-4, 1e-3, 1e-2)):
+        _write_run(tmp_path / "sweep", i, "bitfit", lr, 1, range(60), 0.72, FLAT)
+    _write_run(tmp_path / "sweep", 3, "full", None, 1, range(30), 0.86, FLAT)
+    (t,) = build_tables(collect([tmp_path / "sweep"]))
+    assert _flags(t)["bitfit [lr=0.0001]"] == {"flat"}
+    res = build_report([tmp_path / "sweep"], tmp_path / "rep", plots=False)
+    assert "**lr grid flat**: every lr of the grid {0.0001, 0.001, 0.01} scores the same val/acc (0.72)" in res.markdown
+    assert "selected (every value ties)" in res.markdown and "at grid edge" not in res.markdown
+    # two points only: a tie between them is an edge tie, as before
+    (tmp_path / "sweep" / "run2" / "results.json").unlink()
+    (t,) = build_tables(collect([tmp_path / "sweep"]))
+    assert _flags(t)["bitfit [lr=0.0001]"] == {"edge"}
+
+
 def test_flags_in_every_format(sweep: Path, tmp_path: Path):
     out = tmp_path / "rep"
     res = build_report([sweep], out, plots=True)

@@ -24,7 +24,7 @@ DEFAULT_REFERENCE = "full"
 class Flag:
     """A badge on a row: ``label`` is shown, ``why`` is the tooltip / legend sentence."""
 
-    code: str  # baseline | constant | not_converged | edge | tie | na
+    code: str  # baseline | constant | not_converged | edge | flat | tie | na
     label: str
     why: str
 
@@ -59,6 +59,12 @@ class Sweep:
     selected: Group | None = None
     edge: str | None = None
     edge_value: float | None = None  # the edge value: the selected one, or one tied with it
+
+    @property
+    def flat(self) -> bool:
+        """Every value of a grid of three or more scores the same: a plateau selects nothing."""
+        means = {s.mean for _, s, _ in self.rows if s is not None}
+        return len(self.rows) >= 3 and len(means) == 1
 
 
 @dataclass
@@ -343,6 +349,12 @@ def edge_flag(sw: Sweep) -> Flag:
     sel = next(v for v, _, g in sw.rows if g is sw.selected)
     side = "largest" if sw.edge == "high" else "smallest"
     at = sel if sw.edge_value is None else sw.edge_value
+    if sw.flat:  # a plateau: no direction to extend in, nothing was selected
+        value = next(s.mean for _, s, _ in sw.rows if s is not None)
+        return Flag("flat", f"{short} grid flat",
+                    f"every {short} of the grid {{{grid}}} scores the same {sw.metric} ({value:.4g}): "
+                    f"the data select none ({short}={sel:g}, the smallest, is shown); the {short} is not the "
+                    f"limit here")
     what = f"is the {side} value" if at == sel else f"ties on {sw.metric} with {short}={at:g}, the {side} value,"
     return Flag("edge", f"{short} at grid edge",
                 f"selected {short}={sel:g} (best {sw.metric}) {what} of the grid {{{grid}}}: "

@@ -520,7 +520,8 @@ def sweep_rows(sw: rf.Sweep) -> list[list[str]]:
     for v, st, g in sw.rows:
         mark = ""
         if g is sw.selected:
-            mark = "selected" + (f" (at the {sw.edge} edge of the grid)" if sw.edge else "")
+            mark = "selected" + (" (every value ties)" if sw.flat else f" (at the {sw.edge} edge of the grid)"
+                                 if sw.edge else "")
         out.append([f"{v:g}", fmt_stat(st), mark])
     return out
 
