@@ -102,6 +102,26 @@ def test_html_self_contained(runs: Path, tmp_path: Path) -> None:
     assert '<td class="num best"' in page
 
 
+def test_throughput_is_one_chart_per_dataset(runs: Path, tmp_path: Path) -> None:
+    """Two datasets: a throughput chart each (speed compares within a task), none of both together."""
+    import json
+
+    recs = sorted(runs.rglob("results.json"))
+    for f in recs[: len(recs) // 2]:
+        try:
+            rec = json.loads(f.read_text())
+        except ValueError:  # the fixture's deliberately broken record
+            continue
+        rec["dataset"]["name"] = "other set"
+        f.write_text(json.dumps(rec))
+    res = build_report([runs], tmp_path / "o", formats=("md",), plots=True)
+    names = {p.name for p in res.files}
+    assert "throughput.png" not in names
+    speed = sorted(n for n in names if n.startswith("throughput_") and n.endswith(".png"))
+    assert speed == ["throughput_other_set.png", "throughput_sst2.png"]
+    assert "other set: left, training throughput" in res.markdown
+
+
 def test_plots_nonempty(runs: Path, tmp_path: Path) -> None:
     res = build_report([runs], tmp_path / "o", formats=(), plots=True)
     names = sorted(p.name for p in res.files)

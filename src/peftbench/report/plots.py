@@ -220,43 +220,47 @@ def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path])
 
 
 def _plot_speed(plt: Any, coll: Collection, out_dir: Path, written: list[Path]) -> None:
+    """One chart per dataset (``throughput_<dataset>``; ``throughput`` when there is one): speed is
+    compared within a task's budget, and one chart of every row of a benchmark is unreadable."""
     groups = [g for g in coll.groups if g.status == "ok"
               and any(k in g.speed for k in ("train_tokens_per_s", "useful_tokens_per_s",
                                              "inference_overhead"))]
-    if not groups:
-        return
-    many = len({(g.model_family, g.model_size, g.dataset) for g in groups}) > 1
-    labels = [f"{g.method}\n{g.model_family}/{g.model_size}/{g.dataset}" if many else g.method
-              for g in groups]
+    datasets = sorted({g.dataset for g in groups})
+    for ds in datasets:
+        name = f"throughput_{_slug(ds)}" if len(datasets) > 1 else "throughput"
+        _speed_chart(plt, [g for g in groups if g.dataset == ds], ds, out_dir, name, written)
+
+
+def _speed_chart(plt: Any, groups: list[Group], ds: str, out_dir: Path, name: str, written: list[Path]) -> None:
+    many = len({(g.model_family, g.model_size) for g in groups}) > 1
+    labels = [f"{g.method}\n{g.model_family}/{g.model_size}" if many else g.method for g in groups]
     xs = list(range(len(groups)))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(groups) + 4), 4.5))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(groups) + 4), 4.5))
     w = 0.4
     for off, k, lab in ((-w / 2, "train_tokens_per_s", "all tokens/s"),
                         (w / 2, "useful_tokens_per_s", "useful tokens/s")):
         vals = [g.speed[k].mean if k in g.speed else 0.0 for g in groups]
         errs = [(g.speed[k].std or 0.0) if k in g.speed else 0.0 for g in groups]
         a1.bar([x + off for x in xs], vals, width=w, yerr=errs, capsize=2, label=lab)
-    a1.set_xticks(xs)
-    a1.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     a1.set_ylabel("train tokens/s")
-    a1.set_title("training throughput")
+    a1.set_title(f"{ds}: training throughput")
     a1.legend(fontsize=7)
     vals = [100 * g.speed["inference_overhead"].mean if "inference_overhead" in g.speed else 0.0 for g in groups]
     errs = [100 * (g.speed["inference_overhead"].std or 0.0) if "inference_overhead" in g.speed else 0.0
             for g in groups]
     a2.bar(xs, vals, width=0.6, color="tab:orange", yerr=errs, capsize=2)
     a2.axhline(0.0, color="0.4", linewidth=1)
-    a2.set_xticks(xs)
-    a2.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     a2.set_ylabel("inference overhead, % (adapted ÷ base latency − 1)")
-    a2.set_title("inference overhead")
+    a2.set_title(f"{ds}: inference overhead")
     for a in (a1, a2):
+        a.set_xticks(xs)
+        a.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
         a.set_xlim(-0.6, len(groups) - 0.4)
         a.grid(True, axis="y", alpha=0.3)
-    CAPTIONS["throughput"] = ("left: training throughput (all and non-padding tokens/s); right: inference latency "
-                              "overhead vs the base model in % (error bars: std over seeds; timing noise on a shared "
-                              "machine can exceed small overheads)")
-    _save(fig, out_dir, "throughput", written)
+    CAPTIONS[name] = (f"{ds}: left, training throughput (all and non-padding tokens/s); right, inference latency "
+                      "overhead vs the base model in % (error bars: std over seeds; timing noise on a shared "
+                      "machine can exceed small overheads)")
+    _save(fig, out_dir, name, written)
     plt.close(fig)
 
 
