@@ -4,9 +4,10 @@ Until 2026-12-02 the training metric was torchmetrics' MulticlassMatthewsCorrCoe
 edge rule gives a small non-zero value where MCC is undefined (0.035 for a constant predictor on
 CoLA's dev set; torchmetrics#3355). GLUE (scikit-learn) scores that 0, and so does the metric now.
 This rewrites, in place, every ``*/mcc`` value of a record that its saved per-example predictions
-determine (``metrics.val/mcc``, ``metrics.test/mcc``), and every point of an MCC validation curve
-that is exactly torchmetrics' value for a one-class prediction of the curve's subset (a constant
-predictor there; other points are untouched: the predictions behind them were not saved). Each change
+determine (``metrics.val/mcc``, ``metrics.test/mcc``); the untuned base's ``*/mcc_before`` and every
+point of an MCC validation curve that is exactly torchmetrics' value for a one-class prediction
+(a constant predictor there; other points are untouched: the predictions behind them were not
+saved), unless a model predicting both classes could score that same value. Each change
 is listed in the record's ``corrections``; a record needing none is not rewritten, so a second pass
 changes nothing.
 
@@ -16,27 +17,62 @@ changes nothing.
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 WHY = ("MCC is 0 where undefined (GLUE's convention); torchmetrics 1.x's edge rule gave a non-zero value "
        "(scripts/fix_mcc_records.py)")
-TOL = 5e-7  # curve points are stored rounded to 6 decimals
 
 
-def _classes(rec: dict[str, Any]) -> int | None:
+def _classes(rec: dict[str, Any], labels: list[int]) -> int:
     names = ((rec.get("config") or {}).get("dataset") or {}).get("label_names")
-    return len(names) if isinstance(names, list) and names else None
+    return len(names) if isinstance(names, list) and names else max(2, 1 + max(labels, default=0))
 
 
-def _old_constant_values(labels: list[int], k: int) -> list[float]:
+def _curve_value(v: float) -> float:
+    return float(f"{v:.6g}")  # as run/callbacks.py stores curve points
+
+
+def _old_constant_values(labels: list[int], k: int) -> set[float]:
     """What torchmetrics said for a predictor answering one class for every example of ``labels``."""
     import torch
     from torchmetrics.classification import MulticlassMatthewsCorrCoef
 
     t = torch.tensor(labels)
-    return [float(MulticlassMatthewsCorrCoef(num_classes=k)(torch.full_like(t, c), t)) for c in range(k)]
+    vals = {float(MulticlassMatthewsCorrCoef(num_classes=k)(torch.full_like(t, c), t)) for c in range(k)}
+    return {v for v in vals if v != 0.0}
+
+
+@functools.cache
+def _reachable(n1: int, n0: int) -> frozenset[float]:
+    """Every curve value (6 significant digits) a two-class predictor that is not constant can reach on
+    ``n1`` positives and ``n0`` negatives: a point equal to one of these is ambiguous, left alone."""
+    out = set()
+    for tp in range(n1 + 1):
+        for tn in range(n0 + 1):
+            fn, fp = n1 - tp, n0 - tn
+            den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+            if den:
+                out.add(_curve_value((tp * tn - fp * fn) / math.sqrt(den)))
+    return frozenset(out)
+
+
+def _fix_curve(rec: dict[str, Any], p: dict[str, Any], out: list[dict[str, Any]]) -> None:
+    curve = (rec.get("curves") or {}).get("val") or {}
+    if curve.get("metric") != "val/mcc" or not curve.get("subset"):
+        return
+    labels = [int(b) for i, b in sorted(zip(p["ids"], p["label"])) if int(i) < int(curve["subset"])]
+    bad = {_curve_value(v) for v in _old_constant_values(labels, _classes(rec, labels))}
+    hits = [pt for pt in curve["points"] if pt[1] in bad]
+    if hits and _classes(rec, labels) == 2 and bad & _reachable(labels.count(1), labels.count(0)):
+        print(f"  left alone: a model predicting both classes can also score {sorted(bad)} on this subset")
+        return
+    for pt in hits:
+        out.append({"key": f"curves.val.points[step={pt[0]}]", "was": pt[1], "now": 0.0, "why": WHY})
+        pt[1] = 0.0
 
 
 def corrections(rec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,23 +81,24 @@ def corrections(rec: dict[str, Any]) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
     for split in ("val", "test"):
-        key, p = f"{split}/mcc", evidence.predictions(rec, split)
-        old = (rec.get("metrics") or {}).get(key)
-        if old is None or p is None or not isinstance(p.get("pred"), list):
+        p = evidence.predictions(rec, split)
+        if p is None or not isinstance(p.get("pred"), list) or not isinstance(p.get("label"), list):
             continue
-        new = stats.matthews(p["pred"], p["label"], _classes(rec))
-        if abs(new - float(old)) > 1e-6:
-            rec["metrics"][key] = new
-            out.append({"key": f"metrics.{key}", "was": old, "now": new, "why": WHY})
-    curve = (rec.get("curves") or {}).get("val") or {}
-    p = evidence.predictions(rec, "val")
-    if curve.get("metric") == "val/mcc" and p is not None and curve.get("subset"):
-        labels = [int(b) for i, b in sorted(zip(p["ids"], p["label"])) if int(i) < int(curve["subset"])]
-        bad = [v for v in _old_constant_values(labels, _classes(rec) or 2) if abs(v) > TOL]
-        for pt in curve["points"]:
-            if any(abs(pt[1] - v) < TOL for v in bad):
-                out.append({"key": f"curves.val.points[step={pt[0]}]", "was": pt[1], "now": 0.0, "why": WHY})
-                pt[1] = 0.0
+        labels = [int(y) for y in p["label"]]
+        k = _classes(rec, labels)
+        metrics = rec.get("metrics") or {}
+        old = metrics.get(f"{split}/mcc")
+        if old is not None:
+            new = stats.matthews(p["pred"], labels, k)
+            if abs(new - float(old)) > 1e-6:
+                metrics[f"{split}/mcc"] = new
+                out.append({"key": f"metrics.{split}/mcc", "was": old, "now": new, "why": WHY})
+        before = metrics.get(f"{split}/mcc_before")  # the untuned base: its predictions are not saved
+        if before is not None and any(abs(float(before) - v) < 1e-9 for v in _old_constant_values(labels, k)):
+            metrics[f"{split}/mcc_before"] = 0.0
+            out.append({"key": f"metrics.{split}/mcc_before", "was": before, "now": 0.0, "why": WHY})
+        if split == "val":
+            _fix_curve(rec, p, out)
     return out
 
 
@@ -74,10 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     changed = 0
     for f in sorted(p for d in a.folders for p in d.rglob(results.FILENAME)):
-        rec = results.read(f)
-        rec[RUN_DIR] = str(f.parent)  # where the evidence reader finds the predictions; not written back
-        fixed = corrections(rec)
-        del rec[RUN_DIR]
+        try:
+            rec = results.read(f)
+            rec[RUN_DIR] = str(f.parent)  # where the evidence reader finds the predictions; not written back
+            fixed = corrections(rec)
+            del rec[RUN_DIR]
+        except (results.SchemaError, KeyError, TypeError, ValueError) as e:
+            print(f"{f}: skipped ({e})", file=sys.stderr)
+            continue
         if fixed:
             rec["corrections"] = [*(rec.get("corrections") or []), *fixed]
             results.write(f, rec)

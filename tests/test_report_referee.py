@@ -98,6 +98,13 @@ def test_a_flat_grid_is_flagged_flat_not_at_its_edge(tmp_path: Path):
     res = build_report([tmp_path / "sweep"], tmp_path / "rep", plots=False)
     assert "**lr grid flat**: every lr of the grid {0.0001, 0.001, 0.01} scores the same val/acc (0.72)" in res.markdown
     assert "selected (every value ties)" in res.markdown and "at grid edge" not in res.markdown
+    # a point without a score is no evidence of a plateau
+    rec = json.loads((tmp_path / "sweep" / "run1" / "results.json").read_text())
+    del rec["metrics"]["val/acc"], rec["metrics"]["test/acc"]
+    (tmp_path / "sweep" / "run1" / "results.json").write_text(json.dumps(rec))
+    (t,) = build_tables(collect([tmp_path / "sweep"]))
+    (sw,) = t.referee.sweeps
+    assert len(sw.rows) == 3 and sw.rows[1][1] is None and not sw.flat
     # two points only: a tie between them is an edge tie, as before
     (tmp_path / "sweep" / "run2" / "results.json").unlink()
     (t,) = build_tables(collect([tmp_path / "sweep"]))
@@ -363,6 +370,46 @@ def test_matthews_is_the_training_metric_and_zero_where_undefined(pred, label, k
         assert ours == pytest.approx(float(MulticlassMatthewsCorrCoef(num_classes=k)(torch.tensor(pred),
                                                                                        torch.tensor(label))), abs=1e-6)
         assert ours != 0.0
+
+
+@pytest.mark.parametrize("ones", [11, 12])
+def test_fix_mcc_records_corrects_an_old_record_once(tmp_path: Path, ones: int):
+    """A record written with torchmetrics' edge rule (a constant predictor scored 0.035-ish) is
+    corrected from its saved predictions, curve point included, and a second pass changes nothing.
+    With 12 of the curve's 16 rows positive, a model predicting both classes can score the old
+    constant value too (0.288675): that curve point is ambiguous and stays."""
+    import importlib.util
+
+    import torch
+    from torchmetrics.classification import MulticlassMatthewsCorrCoef
+
+    spec = importlib.util.spec_from_file_location("fix_mcc", Path(__file__).parents[1] / "scripts" / "fix_mcc_records.py")
+    fix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fix)
+    labels = [1] * ones + [0] * (16 - ones) + [1, 1, 1, 0] * 6  # the curve's 16-row subset first
+    old = float(MulticlassMatthewsCorrCoef(num_classes=2)(torch.ones(40, dtype=torch.long), torch.tensor(labels)))
+    sub = float(MulticlassMatthewsCorrCoef(num_classes=2)(torch.ones(16, dtype=torch.long), torch.tensor(labels[:16])))
+    assert old != 0.0
+    run = tmp_path / "r"
+    (run / "predictions").mkdir(parents=True)
+    with gzip.open(run / "predictions" / "val.json.gz", "wt") as f:
+        json.dump({"ids": list(range(40)), "label": labels, "pred": [1] * 40}, f)
+    rec = results.empty_record(
+        run_id="r", seed=1, config={"seed": 1}, model={"family": "m", "size": "s"}, method={"name": "x", "family": "f"},
+        dataset={"name": "d"}, metrics={"val/mcc": old, "val/acc": 0.75},
+        eval={"val": {"n": 40, "majority_rate": 0.75, "majority_label": 1, "metric": "val/mcc",
+                      "predictions": "predictions/val.json.gz"}},
+        curves={"val": {"metric": "val/mcc", "subset": 16, "points": [[5, 0.25], [10, float(f"{sub:.6g}")]]}})
+    results.write(run, rec)
+    assert fix.main([str(tmp_path)]) == 0
+    got = results.read(run / "results.json")
+    fixed = ones == 11
+    assert got["metrics"]["val/mcc"] == 0.0
+    assert got["curves"]["val"]["points"] == [[5, 0.25], [10, 0.0 if fixed else float(f"{sub:.6g}")]]
+    assert [c["key"] for c in got["corrections"]] == ["metrics.val/mcc", *(["curves.val.points[step=10]"] * fixed)]
+    before = (run / "results.json").read_bytes()
+    fix.main([str(tmp_path)])
+    assert (run / "results.json").read_bytes() == before
 
 
 def test_a_constant_predictor_s_mcc_is_zero_through_the_lightning_module_s_metric():

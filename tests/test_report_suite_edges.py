@@ -89,6 +89,25 @@ def test_a_task_s_bad_rounds_are_refused(tmp_path):
         suite.load_grid(p)
 
 
+def test_a_flat_grid_is_named_flat_in_the_selection_and_an_unscored_point_is_not_flat():
+    t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
+    g = _grid([1e-4, 1e-3, 1e-2])
+
+    def recs(scores):
+        return {Cell(t, "m", "s", "lora", lr, 1): ({"status": "ok", "metrics": {"val/acc": v}} if v is not None
+                                                   else {"status": "failed", "metrics": {}})
+                for lr, v in zip((1e-4, 1e-3, 1e-2), scores)}
+
+    (row,) = select(g, recs([0.5, 0.5, 0.5]))
+    assert row["flat"] and row["best_lr"] == 1e-4 and row["edge"] == "low"
+    m = {"grid": "g", "command": "x", "splits": {}, "methods_skipped_not_available": [], "selection": [row],
+         "lr_grid_extensions": [], "extend_edges": {"a": 2, "b": 4, "c": 4, "d": 2}}
+    text = suite.selection_markdown(m)
+    assert "every lr ties (grid flat)" in text and "edge of the lrs tried" not in text and "at most 2 (b: 4; c: 4)" in text
+    (row,) = select(g, recs([0.5, None, 0.5]))  # a failed point: not a plateau, the edge rule applies
+    assert not row["flat"] and row["edge"] == "low"
+
+
 def test_selection_markdown_flags_the_edge():
     t = Task("t", (), "val/acc", "test/acc", (("m", "s"),))
     g = _grid([1e-4, 1e-3])

@@ -45,7 +45,7 @@ from typing import Any
 from peftbench.config.paths import conf_dir
 from peftbench.errors import ConfigError
 from peftbench.report.referee import DEFAULT_REFERENCE
-from peftbench.report.stats import common_seeds, tied_edge
+from peftbench.report.stats import common_seeds, flat, tied_edge
 
 log = logging.getLogger("peftbench")
 
@@ -306,6 +306,7 @@ def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, An
         rows.append({"task": g[0], "model": g[1], "size": g[2], "method": g[3], "select_on": task.select,
                      "report": task.report, "lr_scores": {f"{k:g}": v for k, v in sorted(scored.items())},
                      "best_lr": best, "edge": (tied_edge(tried, scored, best) or (None,))[0] if best is not None else None,
+                     "flat": flat(tried, scored),
                      "selected_runs": [c.rel_dir() for c in cs if c.lr == best]})
     return rows
 
@@ -755,7 +756,8 @@ def selection_markdown(m: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in m["selection"]:
         scores = ", ".join(f"{k}: {v:.4f}" for k, v in r["lr_scores"].items()) or "no ok run"
-        flag = f"at the {r['edge']} edge of the lrs tried: the optimum may lie beyond" if r.get("edge") else ""
+        flag = ("every lr ties (grid flat): the data select none, the smallest is kept" if r.get("flat") else
+                f"at the {r['edge']} edge of the lrs tried: the optimum may lie beyond" if r.get("edge") else "")
         lines.append(f"| {r['task']} | {r['model']} | {r['size']} | {r['method']} | {r['select_on']} | {scores} | "
                      f"{r['best_lr'] if r['best_lr'] is not None else '—'} | {flag} |")
     ext = m.get("lr_grid_extensions") or []
@@ -767,10 +769,12 @@ def selection_markdown(m: dict[str, Any]) -> str:
 
 
 def rounds_text(rounds: int | dict[str, int]) -> str:
-    """``2``, or ``2 (wiki_lm:gpt2_local-s/…: 4)`` when some task has its own rounds."""
+    """``2``, or ``2 (wiki_lm:gpt2_local-s/…: 4)`` when some task has its own rounds (the base is
+    the most common value; a tie goes to the smallest)."""
     if isinstance(rounds, int):
         return str(rounds)
-    common = max(set(rounds.values()), key=list(rounds.values()).count, default=1)
+    vals = list(rounds.values())
+    common = max(sorted(set(vals)), key=vals.count, default=1)
     own = [f"{k}: {v}" for k, v in rounds.items() if v != common]
     return f"{common}" + (f" ({'; '.join(own)})" if own else "")
 

@@ -62,9 +62,8 @@ class Sweep:
 
     @property
     def flat(self) -> bool:
-        """Every value of a grid of three or more scores the same: a plateau selects nothing."""
-        means = {s.mean for _, s, _ in self.rows if s is not None}
-        return len(self.rows) >= 3 and len(means) == 1
+        """Every value of a grid of three or more scores the same (``stats.flat``)."""
+        return stats.flat([v for v, _, _ in self.rows], {v: s.mean for v, s, _ in self.rows if s is not None})
 
 
 @dataclass

@@ -240,6 +240,12 @@ def grid_edge(grid: Sequence[float], selected: float) -> str | None:
     return None
 
 
+def flat(grid: Sequence[float], scores: dict[float, float]) -> bool:
+    """Every value of a grid of three or more is scored, and all score the same: a plateau (a constant
+    predictor at every lr) selects nothing, and its edge is no direction to extend in."""
+    return len(grid) >= 3 and all(v in scores for v in grid) and len({scores[v] for v in grid}) == 1
+
+
 def tied_edge(grid: Sequence[float], scores: dict[float, float], selected: float) -> tuple[str, float] | None:
     """(edge, value) when the selected value, or one tied with it on the selection score, is at an
     edge of the grid: a tie with an edge value leaves the optimum possibly beyond that edge too."""
