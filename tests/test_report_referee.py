@@ -73,8 +73,10 @@ def test_expected_flags(sweep: Path):
                          "bitfit [lr=0.001]": {"edge"}}
     assert t.referee.hidden == {"bitfit [lr=0.0001]"}
     v = {g.method: t.referee.of(g) for g in t.groups}
-    # lora vs full: 5 + 5 discordant examples in each of two seeds → McNemar b = c = 10 → p = 1
-    assert v["lora"].vs_ref.test == "McNemar" and v["lora"].vs_ref.p == 1.0 and not v["lora"].vs_ref.significant
+    # lora vs full, two seeds: each sentence's accuracy averaged over the seeds, then a paired bootstrap
+    # over the 200 sentences; 5 + 5 sentences go each way in each seed → no difference, p = 1
+    assert v["lora"].vs_ref.test == "paired bootstrap" and v["lora"].vs_ref.p == 1.0 and v["lora"].vs_ref.n == N
+    assert not v["lora"].vs_ref.significant
     # ia3 vs full (seed 1 only): full alone right on ids 30..39 → exact 2 · ½^10
     assert v["ia3"].vs_ref.p == pytest.approx(2 / 1024)
     assert v["full"].is_ref and v["full"].tie_group == v["lora"].tie_group == 1 and v["ia3"].tie_group == 2
@@ -85,6 +87,27 @@ def test_expected_flags(sweep: Path):
     (sw,) = t.referee.sweeps
     assert (sw.method, sw.key, sw.metric, sw.edge) == ("bitfit", "optim.lr", "val/acc", "high")
     assert t.referee.majority == {"test/acc": (0.6, N)}
+
+
+def test_more_copies_of_a_seed_are_no_more_evidence(tmp_path: Path):
+    """Seeds are averaged per example before the test: two or three identical seed pairs give the same
+    p-value (pooling seed × example pairs would shrink it with every copy)."""
+    def p_of(seeds: int) -> float:
+        root = tmp_path / f"s{seeds}"
+        for s in range(1, seeds + 1):
+            _write_run(root, 2 * s, "full", None, s, range(30), 0.86, FLAT)
+            _write_run(root, 2 * s + 1, "lora", None, s, range(6, 42), 0.86, FLAT)
+        (t,) = build_tables(collect([root]))
+        c = {g.method: t.referee.of(g) for g in t.groups}["lora"].vs_ref
+        assert c.test == "paired bootstrap" and c.n == N
+        return c.p
+
+    # 6 sentences only lora gets right, 12 only full: McNemar on one seed says p ≈ 0.24; pooled over
+    # three copies (18 vs 36) it would say p ≈ 0.02
+    from peftbench.report import stats
+
+    assert stats.mcnemar(18, 36) < 0.05 < stats.mcnemar(6, 12)
+    assert p_of(2) == p_of(3) > 0.05
 
 
 def test_a_flat_grid_is_flagged_flat_not_at_its_edge(tmp_path: Path):
@@ -121,7 +144,8 @@ def test_flags_in_every_format(sweep: Path, tmp_path: Path):
     assert "Tuning grid of bitfit over `optim.lr`" in md and "selected (at the high edge of the grid)" in md
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO((out / "report.csv").read_text()))}
     assert rows["head_only"]["flags"] == "constant;baseline" and rows["majority class"]["status"] == "baseline"
-    assert rows["lora"]["vs_reference_test"] == "McNemar" and rows["full"]["vs_reference_test"] == "reference"
+    assert rows["lora"]["vs_reference_test"] == "paired bootstrap" and rows["ia3"]["vs_reference_test"] == "McNemar"
+    assert rows["full"]["vs_reference_test"] == "reference"
     assert rows["ia3"]["test/acc_ci_method"] == "bootstrap"
     assert (rows["bitfit [lr=0.001]"]["tuning"], rows["bitfit [lr=0.0001]"]["tuning"]) == ("selected", "not selected")
     assert "| bitfit [lr=0.0001] |" not in md  # in the tuning grid only

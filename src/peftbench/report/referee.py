@@ -211,9 +211,10 @@ def _pairs(a: Group, b: Group) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def _aligned(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], metric: str) -> tuple[list, list, bool] | None:
-    """Per-example values of both sides, aligned on example ids within each seed pair, concatenated."""
-    xa: list[tuple[float, float]] = []
-    xb: list[tuple[float, float]] = []
+    """Per-example values of both sides, aligned on example ids, each the mean over the seed pairs
+    that scored the example. Averaged, not concatenated: k seeds of one example are not k independent
+    examples (they share its difficulty), and a test over the concatenation would count them as such."""
+    acc: dict[Any, list[float]] = {}  # id → [sum a, sum b, weight a, weight b, pairs]
     binary = True
     for ra, rb in pairs:
         ea, eb = ev.examples(ra, metric), ev.examples(rb, metric)
@@ -224,14 +225,21 @@ def _aligned(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], metric: str
         for k, i in enumerate(ea.ids):
             if i in ib:
                 j = ib[i]
-                xa.append((ea.values[k], ea.weights[k] if ea.weights else 1.0))
-                xb.append((eb.values[j], eb.weights[j] if eb.weights else 1.0))
-    return (xa, xb, binary) if xa else None
+                t = acc.setdefault(i, [0.0, 0.0, 0.0, 0.0, 0])
+                t[0] += ea.values[k]
+                t[1] += eb.values[j]
+                t[2] += ea.weights[k] if ea.weights else 1.0
+                t[3] += eb.weights[j] if eb.weights else 1.0
+                t[4] += 1
+    xa = [(t[0] / t[4], t[2] / t[4]) for t in acc.values()]
+    xb = [(t[1] / t[4], t[3] / t[4]) for t in acc.values()]
+    return (xa, xb, binary and len(pairs) == 1) if xa else None
 
 
 def compare(a: Group, b: Group, metric: str) -> Comparison | None:
-    """Paired test of ``a`` vs ``b`` on ``metric``: McNemar on right/wrong, a paired bootstrap on
-    other per-example values, a paired t-test over seeds when no predictions exist; else None."""
+    """Paired test of ``a`` vs ``b`` on ``metric`` over the examples both scored: McNemar on
+    right/wrong with one seed; otherwise a paired bootstrap over examples, each example's value the
+    mean over the paired seeds; a paired t-test over seeds when no predictions exist; else None."""
     va, vb = _metric_values(a, metric), _metric_values(b, metric)
     if not va or not vb:
         return None
@@ -240,7 +248,7 @@ def compare(a: Group, b: Group, metric: str) -> Comparison | None:
     al = _aligned(pairs, metric) if pairs else None
     if al is not None:
         xa, xb, binary = al
-        if binary:
+        if binary:  # one seed pair: right/wrong per example
             only_a = sum(1 for (x, _), (y, _) in zip(xa, xb) if x > y)
             only_b = sum(1 for (x, _), (y, _) in zip(xa, xb) if y > x)
             return Comparison(diff, stats.mcnemar(only_a, only_b), "McNemar", len(xa))

@@ -28,7 +28,8 @@ NOISE_OVERHEAD = 0.05  # one run's latency ratio within ±5 % of the base is tim
 METRIC_NOTE = (
     "Metrics: mean ± sample std (n seeds) [95% interval: t over seeds when n ≥ 2, bootstrap over the eval "
     "examples when n = 1]; best mean per column in bold. *vs <reference>*: paired test on the same eval "
-    "examples (McNemar for accuracy, paired bootstrap otherwise; ≈ = not significantly different, α = 0.05). "
+    "examples (McNemar for accuracy with one seed; otherwise a paired bootstrap over the examples, each averaged "
+    "over the seeds; ≈ = not significantly different, α = 0.05). "
     "*tie group*: rows not significantly different from their group's best (1 = best). *flags*: see the "
     "lines under each table and docs/report.md."
 )
