@@ -313,11 +313,12 @@ def test_a_reference_whose_runs_all_failed_does_not_cost_the_finished_report(tmp
     report.mkdir()
     (report / "report-args").write_text("--reference stale\n")
     suite.write_report(manifest({"full"}), runs, report)
-    assert (report / "report-args").read_text() == "--reference lora,bitfit\n"
+    assert (report / "report-args").read_text() == "--reference lora,bitfit --formats md,csv,tex,html\n"
     md = (report / "report.md").read_text()
     assert "_vs bitfit (test/acc, row − bitfit" in md and "no ok 'full' row" not in md  # the references kept
     suite.write_report(manifest({"full", "lora", "bitfit"}), runs, report)
-    assert not (report / "report-args").exists()  # back to the default: a stale file would regenerate wrongly
+    # back to the default reference: a stale --reference would regenerate wrongly
+    assert (report / "report-args").read_text() == "--formats md,csv,tex,html\n"
 
 
 def test_the_grid_names_its_edge_rounds_and_the_flag_overrides_them(capsys):
@@ -361,7 +362,9 @@ def test_quick_edition_end_to_end_with_two_workers_and_a_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.read_bytes() for p in runs.rglob("results.json")} == records  # nothing re-run or rewritten
     # the grid's references (lora, bitfit): a column and a note, and the arguments that regenerate them
-    assert (report / "report-args").read_text() == "--reference lora,bitfit\n"
+    assert (report / "report-args").read_text() == "--reference lora,bitfit --formats md,csv,tex,html\n"
+    # committed beside its records: PNG plots (report.html embeds them), not their SVG copies
+    assert list((report / "plots").glob("*.png")) and not list((report / "plots").glob("*.svg"))
     md = (report / "report.md").read_text()
     assert "| vs lora (" in md and "_vs bitfit [lr=" in md
     regen = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", str(runs), "--out", str(tmp_path / "r2"),

@@ -122,8 +122,16 @@ def test_throughput_is_one_chart_per_dataset(runs: Path, tmp_path: Path) -> None
     assert "other set: left, training throughput" in res.markdown
 
 
+def test_svg_copies_are_a_format(runs: Path, tmp_path: Path) -> None:
+    """PNGs always (report.html embeds them); the SVG copies only when ``svg`` is among the formats."""
+    names = {p.name for p in build_report([runs], tmp_path / "a", formats=("md",), plots=True).files}
+    assert "throughput.png" in names and not any(n.endswith(".svg") for n in names)
+    names = {p.name for p in build_report([runs], tmp_path / "b", plots=True).files}  # the default
+    assert "throughput.svg" in names
+
+
 def test_plots_nonempty(runs: Path, tmp_path: Path) -> None:
-    res = build_report([runs], tmp_path / "o", formats=(), plots=True)
+    res = build_report([runs], tmp_path / "o", formats=("svg",), plots=True)
     names = sorted(p.name for p in res.files)
     for stem in ("metric_vs_trainable_sst2", "memory_vs_size", "throughput"):
         assert f"{stem}.png" in names and f"{stem}.svg" in names

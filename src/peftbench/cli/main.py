@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="tables (md/csv/tex/html) and plots from results.json files under DIRs")
     r.add_argument("dirs", nargs="+", help="run or sweep output folders (searched recursively)")
     r.add_argument("--out", help="output folder (default: <first dir>/report)")
-    r.add_argument("--formats", default="md,csv,tex,html", help="comma list of md,csv,tex,html")
+    r.add_argument("--formats", default="md,csv,tex,html,svg",
+                   help="comma list of md,csv,tex,html,svg (svg: vector copies of the plots; PNGs are always written)")
     r.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     r.add_argument("--reference", default=None, metavar="METHOD[,METHOD]",
                    help="method every row is paired-tested against, per model and dataset (default: full); "

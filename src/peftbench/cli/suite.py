@@ -600,16 +600,18 @@ def write_report(manifest: dict[str, Any], runs: Path, report_dir: Path) -> None
     ok = {k.split("/")[2] for k, v in manifest["statuses"].items() if v == "ok" and k.count("/") >= 2}
     refs = [r for r in manifest.get("references") or [] if r in ok]
     extra = reference_args(refs)
-    build_report(dirs, report_dir, reference=",".join(refs) if extra else None)
-    args = report_dir / "report-args"  # `peftbench report` (and the committed-report test) regenerate alike
-    if extra:
-        args.write_text(extra + "\n")
-    else:
-        args.unlink(missing_ok=True)
+    build_report(dirs, report_dir, formats=REPORT_FORMATS, reference=",".join(refs) if extra else None)
+    # `peftbench report` (and the committed-report test) regenerate alike
+    (report_dir / "report-args").write_text(" ".join(filter(None, [extra, f"--formats {','.join(REPORT_FORMATS)}"])) + "\n")
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (report_dir / "selection.md").write_text(selection_markdown(manifest))
     page, text = front_page(report_dir, readme_markdown(manifest))
     page.write_text(text)
+
+
+# A benchmark's report is committed beside its records: PNG plots only (report.html embeds them); the
+# SVG copies would double the plots' bytes in every clone (`peftbench report` still writes them).
+REPORT_FORMATS = ("md", "csv", "tex", "html")
 
 
 def reference_args(refs: Sequence[str]) -> str:

@@ -33,7 +33,7 @@ __all__ = [
     "to_markdown",
 ]
 
-FORMATS = ("md", "csv", "tex", "html")
+FORMATS = ("md", "csv", "tex", "html", "svg")  # svg: vector copies of the plots (PNGs are always written)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def build_report(
     if plots and coll.groups:
         from peftbench.report.plots import make_plots
 
-        written = make_plots(coll, out_dir / "plots", tables)
+        written = make_plots(coll, out_dir / "plots", tables, svg="svg" in formats)
         files += written
         images = [p for p in written if p.suffix == ".png"]
     md = to_markdown(coll, tables, [p.relative_to(out_dir).as_posix() for p in images])

@@ -43,8 +43,10 @@ def pareto_front(points: Sequence[tuple[float, float]], lower_better: bool) -> l
     return front
 
 
-def _save(fig: Any, out_dir: Path, name: str, written: list[Path]) -> None:
+def _save(fig: Any, out_dir: Path, name: str, written: list[Path], exts: Sequence[str] = ("png", "svg")) -> None:
     for ext, meta in (("png", _PNG_META), ("svg", _SVG_META)):
+        if ext not in exts:
+            continue
         path = out_dir / f"{name}.{ext}"
         if ext == "png":
             _save_png(fig, path)
@@ -159,7 +161,7 @@ def _plot_pareto(plt: Any, coll: Collection, out_dir: Path, written: list[Path],
         CAPTIONS[name] = (f"{ds}: {metric} (95% intervals as error bars) against trainable parameters, one Pareto "
                           "front per model; dashed/dotted lines: majority class and untuned base model; hollow "
                           "markers: not significantly above the majority baseline")
-        _save(fig, out_dir, name, written)
+        plt.save(fig, out_dir, name, written)
         plt.close(fig)
 
 
@@ -215,7 +217,7 @@ def _plot_memory(plt: Any, coll: Collection, out_dir: Path, written: list[Path])
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     CAPTIONS["memory_vs_size"] = f"peak memory ({key.replace('_', ' ')}) per method against model size, averaged over datasets"
-    _save(fig, out_dir, "memory_vs_size", written)
+    plt.save(fig, out_dir, "memory_vs_size", written)
     plt.close(fig)
 
 
@@ -260,7 +262,7 @@ def _speed_chart(plt: Any, groups: list[Group], ds: str, out_dir: Path, name: st
     CAPTIONS[name] = (f"{ds}: left, training throughput (all and non-padding tokens/s); right, inference latency "
                       "overhead vs the base model in % (error bars: std over seeds; timing noise on a shared "
                       "machine can exceed small overheads)")
-    _save(fig, out_dir, name, written)
+    plt.save(fig, out_dir, name, written)
     plt.close(fig)
 
 
@@ -289,7 +291,7 @@ def _plot_forgetting(plt: Any, coll: Collection, out_dir: Path, written: list[Pa
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         CAPTIONS[f"task_vs_forgetting_{_slug(ds)}"] = f"{ds}: task {metric} against forgetting on {f0.get('set')}"
-        _save(fig, out_dir, f"task_vs_forgetting_{_slug(ds)}", written)
+        plt.save(fig, out_dir, f"task_vs_forgetting_{_slug(ds)}", written)
         plt.close(fig)
 
 
@@ -334,13 +336,14 @@ def _plot_curves(plt: Any, coll: Collection, out_dir: Path, written: list[Path],
         CAPTIONS[name] = (f"{ds}: validation metric during training, one panel per row and a line per seed "
                           "(grey, right axis: train loss); red titles: still improving at the end (not converged)")
         fig.tight_layout()
-        _save(fig, out_dir, name, written)
+        plt.save(fig, out_dir, name, written)
         plt.close(fig)
 
 
-def make_plots(coll: Collection, out_dir: Path, tables: Sequence[Any] | None = None) -> list[Path]:
-    """Write every plot the data supports (PNG + SVG); returns paths, never raises on thin data.
-    ``tables`` (build_tables' output) carries the intervals, baselines and flags the plots show."""
+def make_plots(coll: Collection, out_dir: Path, tables: Sequence[Any] | None = None, svg: bool = True) -> list[Path]:
+    """Write every plot the data supports (PNG, and SVG unless ``svg`` is false); returns paths, never
+    raises on thin data. ``tables`` (build_tables' output) carries the intervals, baselines and flags
+    the plots show."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -361,6 +364,10 @@ def make_plots(coll: Collection, out_dir: Path, tables: Sequence[Any] | None = N
         @staticmethod
         def close(fig: Any) -> None:
             fig.clear()
+
+        @staticmethod
+        def save(fig: Any, out_dir: Path, name: str, written: list[Path]) -> None:
+            _save(fig, out_dir, name, written, ("png", "svg") if svg else ("png",))
 
     plt = _Plt()
     out_dir = Path(out_dir)
