@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,13 +49,14 @@ def _old_constant_values(labels: list[int], k: int) -> set[float]:
 def _reachable(n1: int, n0: int) -> frozenset[float]:
     """Every curve value (6 significant digits) a two-class predictor that is not constant can reach on
     ``n1`` positives and ``n0`` negatives: a point equal to one of these is ambiguous, left alone."""
+    from peftbench.report import stats
+
     out = set()
     for tp in range(n1 + 1):
         for tn in range(n0 + 1):
-            fn, fp = n1 - tp, n0 - tn
-            den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-            if den:
-                out.add(_curve_value((tp * tn - fp * fn) / math.sqrt(den)))
+            said_1 = tp + n0 - tn
+            if 0 < said_1 < n1 + n0:  # predicts both classes
+                out.add(_curve_value(stats.matthews_from_counts(tp + tn, [n1 + n0 - said_1, said_1], [n0, n1])))
     return frozenset(out)
 
 

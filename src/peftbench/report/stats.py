@@ -207,12 +207,18 @@ def matthews(pred: Sequence[int], label: Sequence[int], num_classes: int | None 
     Gorodkin's R_K, the binary MCC for two classes; 0 where undefined, GLUE's convention);
     ``num_classes`` defaults to the largest label seen + 1."""
     k = num_classes or max(2, 1 + max(int(x) for x in [*pred, *label]))
-    n = len(label)
     correct = sum(int(a) == int(b) for a, b in zip(pred, label))
     p = [sum(1 for a in pred if int(a) == c) for c in range(k)]
     t = [sum(1 for b in label if int(b) == c) for c in range(k)]
-    cov = correct * n - sum(pc * tc for pc, tc in zip(p, t))
-    den = (n * n - sum(v * v for v in p)) * (n * n - sum(v * v for v in t))
+    return matthews_from_counts(correct, p, t)
+
+
+def matthews_from_counts(correct: int, pred_counts: Sequence[int], label_counts: Sequence[int]) -> float:
+    """Gorodkin's R_K from the diagonal of the confusion matrix and its column and row sums; 0 where
+    undefined (one class predicted, or one class in the labels)."""
+    n = sum(label_counts)
+    cov = correct * n - sum(pc * tc for pc, tc in zip(pred_counts, label_counts))
+    den = (n * n - sum(v * v for v in pred_counts)) * (n * n - sum(v * v for v in label_counts))
     return cov / math.sqrt(den) if den else 0.0
 
 
