@@ -92,11 +92,16 @@ def test_export_merges_onto_the_stage_model(toy_run, tmp_path):
     from safetensors.torch import load_file
 
     from peftbench.cli.export import export_run
+    from peftbench.models import fingerprint
 
     rec = toy_run()
     base_dir = rec["stages"]["base"]["model_dir"]
     assert rec["config"]["model"]["path"] is None  # the run's own config: seeds of it stay one report row
     assert base_dir == str(tmp_path / "cache" / "stages" / rec["stages"]["base"]["run_id"] / "model")
+    # the final stage names the weights it started from: the digest of the folder the stage saved
+    digest = fingerprint.folder_digest(base_dir)
+    assert digest is not None and digest.startswith("sha256:")
+    assert rec["model"]["weights"] == rec["stages"]["base"]["model_weights"] == digest
     res = export_run(str(tmp_path / "run"), str(tmp_path / "merged"), merge=True, overwrite=False)
     merged, base = load_file(str(res.out / "model.safetensors")), load_file(f"{base_dir}/model.safetensors")
     assert (merged["fc1.weight"] == base["fc1.weight"]).all()  # untouched by LoRA: the stage's weights

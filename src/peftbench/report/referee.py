@@ -24,7 +24,7 @@ DEFAULT_REFERENCE = "full"
 class Flag:
     """A badge on a row: ``label`` is shown, ``why`` is the tooltip / legend sentence."""
 
-    code: str  # baseline | constant | not_converged | edge | flat | tie | na
+    code: str  # baseline | constant | not_converged | edge | flat | weights | tie | na
     label: str
     why: str
 
@@ -368,6 +368,39 @@ def edge_flag(sw: Sweep) -> Flag:
                 f"the optimum may lie beyond it; extend the grid")
 
 
+# ---------------------------------------------------------------- base weights
+
+def _weights(gs: Sequence[Group]) -> set[str]:
+    return {str(r["model"]["weights"]) for g in gs for r in _ok_runs(g) if (r.get("model") or {}).get("weights")}
+
+
+def _short(digests: set[str]) -> str:
+    return " / ".join(sorted(d.split(":", 1)[-1][:12] for d in digests))
+
+
+def weights_flag(g: Group, ref: Group | None, grid: Sequence[Group] = ()) -> Flag | None:
+    """Runs compared as one configuration must start from one model: a path names where the weights
+    were, the digest (``model.weights``) what they were. Runs without a digest (older records,
+    from-config models) are not judged."""
+    own = _weights([g])
+    if len(own) > 1:
+        return Flag("weights", "mixed base weights",
+                    f"its seeds started from {len(own)} different base weights ({_short(own)}): "
+                    "the row averages different models")
+    tuned = _weights(grid)
+    if own and len(tuned | own) > 1:
+        return Flag("weights", "grid on other weights",
+                    f"its tuning grid ran on other base weights ({_short(tuned - own)}) than it "
+                    f"({_short(own)}): the selection compared different models")
+    theirs = _weights([ref]) if ref is not None and ref is not g else set()
+    if own and theirs and own != theirs:
+        assert ref is not None
+        return Flag("weights", "other base weights",
+                    f"started from other base weights ({_short(own)}) than {ref.method} ({_short(theirs)}): "
+                    "the comparison mixes two base models")
+    return None
+
+
 # ---------------------------------------------------------------- convergence
 
 def _curve_noise(rec: dict[str, Any], metric: str) -> float:
@@ -485,6 +518,11 @@ def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_
         if ref is not None and metric is not None:
             v.is_ref = g is ref
             v.vs_ref = None if v.is_ref else compare(g, ref, metric)
+    grids = {sw.selected.method: [g for _, _, g in sw.rows] for sw in found if sw.selected is not None}
+    for g in groups:
+        wf = weights_flag(g, ref, grids.get(g.method, ())) if g.status == "ok" else None
+        if wf is not None:
+            tr.of(g).flags.append(wf)
     if metric is not None:
         for name, rank in tie_groups(groups, metric).items():
             tr.verdicts[name].tie_group = rank

@@ -17,6 +17,7 @@ from typing import Any
 
 from peftbench.config.plan import Plan
 from peftbench.errors import ConfigError
+from peftbench.models import fingerprint
 from peftbench.run.budget import run_with_budget
 from peftbench.run.failures import Diverged
 
@@ -252,7 +253,8 @@ def record(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted, part: dict[str
     counts = part["params"]
     part.update(
         model={"family": plan.spec.family, "size": plan.spec.size, "checkpoint": plan.spec.source,
-               "total": counts["total"] - counts.get("added", 0)},
+               "total": counts["total"] - counts.get("added", 0),
+               "weights": fingerprint.weights_digest(plan.spec, adapted.model)},
         method={"name": plan.method.name, "family": plan.method.family, "hparams": plan.method.hparams(),
                 "optim": plan.optim},
         dataset={**dm.describe(), "truncated": {k: getattr(v, "truncated", None) for k, v in dm.examples.items()}},
@@ -264,7 +266,8 @@ def record(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted, part: dict[str
     aliases = plan.cfg.get("metric_aliases") or {}  # a study's names for standard metrics
     part["metrics"].update({alias: part["metrics"][src] for alias, src in aliases.items() if src in part["metrics"]})
     if plan.cfg.get("save_model"):
-        part["artifacts"]["model_dir"] = str(save_model(plan, adapted))
+        saved = save_model(plan, adapted)
+        part["artifacts"].update(model_dir=str(saved), model_weights=fingerprint.folder_digest(saved))
     return part  # checkpoints are removed by run.record.finish, once results.json is on disk
 
 

@@ -9,8 +9,9 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -41,7 +42,8 @@ def run_base_stage(cfg: DictConfig, out: Path, train: Callable[[DictConfig], dic
     final.model.path = str(stage_model_dir(stage))
     return final, {"run_id": rec["run_id"], "output_dir": str(stage.paths.output_dir),
                    "method": rec["method"]["name"], "dataset": rec["dataset"].get("name"),
-                   "metrics": rec["metrics"], "budget": rec.get("budget"), "skipped": bool(rec.get("skipped"))}
+                   "metrics": rec["metrics"], "budget": rec.get("budget"), "skipped": bool(rec.get("skipped")),
+                   "model_weights": (rec.get("artifacts") or {}).get("model_weights")}
 
 
 def _train_once(stage: DictConfig, train: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
