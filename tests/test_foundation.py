@@ -147,6 +147,9 @@ def test_fit_each_task_type_writes_valid_results(compose_run, data_dir, override
     assert on_disk["budget"]["optimizer_steps"] == 3
     assert (Path(cfg.paths.output_dir) / "adapter" / "adapter_model.safetensors").exists()
     assert on_disk["env"]["torch"] and on_disk["memory"]["peak_rss_mb"] > 0
+    import torch
+
+    assert on_disk["env"]["threads"] == torch.get_num_threads()  # a CPU rebuild's summation order
 
 
 def test_finished_run_is_skipped_and_untouched(compose_run, tmp_path):

@@ -38,6 +38,9 @@ def env_info() -> dict[str, Any]:
         import torch
 
         info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        # intra-op threads: they set a CPU run's speed and its float summation order (a rebuild with
+        # another count reaches other weights)
+        info["threads"] = torch.get_num_threads()
     except Exception:  # noqa: BLE001
         info["device"] = "unknown"
     info["git_revision"] = git_revision()
