@@ -244,9 +244,15 @@ def _head_missing(spec: ModelSpec, task: str, missing: Any) -> bool:
 
 
 def _gguf_to_safetensors(spec: ModelSpec) -> Path:
-    """De-quantize a GGUF checkpoint once into a plain safetensors dir (GGUF parsing is slow)."""
+    """De-quantize a GGUF checkpoint once into a plain safetensors dir (GGUF parsing is slow), one per
+    GGUF file's digest: another file under the same name (a package upgrade) is converted again, so
+    the weights a run loads are the ones its record names."""
+    from peftbench.models.fingerprint import folder_digest
+
     tf = _transformers()
-    out = cache_dir() / "gguf" / f"{spec.family}-{spec.size}"
+    assert spec.local_dir is not None and spec.gguf_file
+    digest = folder_digest(spec.local_dir / spec.gguf_file) or "sha256:missing"
+    out = cache_dir() / "gguf" / f"{spec.family}-{spec.size}-{digest.split(':', 1)[1][:12]}"
     if not (out / "config.json").exists():
         model = tf.AutoModelForCausalLM.from_pretrained(str(spec.local_dir), gguf_file=spec.gguf_file)
         model.hf_quantizer = None  # the de-quantized weights are plain tensors now

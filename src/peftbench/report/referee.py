@@ -371,17 +371,25 @@ def edge_flag(sw: Sweep) -> Flag:
 # ---------------------------------------------------------------- base weights
 
 def _weights(gs: Sequence[Group]) -> set[str]:
-    return {str(r["model"]["weights"]) for g in gs for r in _ok_runs(g) if (r.get("model") or {}).get("weights")}
+    """The base-weight digests of these rows' runs. A run on a per-seed base stage is left out: its
+    base is trained from its own seed (like a from-config model's init), so its seeds differ by design."""
+    return {str(r["model"]["weights"]) for g in gs for r in _ok_runs(g)
+            if (r.get("model") or {}).get("weights") and not (r.get("stages") or {}).get("base")}
 
 
 def _short(digests: set[str]) -> str:
-    return " / ".join(sorted(d.split(":", 1)[-1][:12] for d in digests))
+    def one(d: str) -> str:  # 12 hex digits, or a hub id with its commit's first 7
+        if d.startswith("hub:") and "@" in d:
+            repo, commit = d[4:].rsplit("@", 1)
+            return f"{repo}@{commit[:7]}"
+        return d.split(":", 1)[-1][:12]
+    return " / ".join(sorted(one(d) for d in digests))
 
 
 def weights_flag(g: Group, ref: Group | None, grid: Sequence[Group] = ()) -> Flag | None:
     """Runs compared as one configuration must start from one model: a path names where the weights
     were, the digest (``model.weights``) what they were. Runs without a digest (older records,
-    from-config models) are not judged."""
+    from-config models, per-seed base stages) are not judged."""
     own = _weights([g])
     if len(own) > 1:
         return Flag("weights", "mixed base weights",
@@ -393,7 +401,7 @@ def weights_flag(g: Group, ref: Group | None, grid: Sequence[Group] = ()) -> Fla
                     f"its tuning grid ran on other base weights ({_short(tuned - own)}) than it "
                     f"({_short(own)}): the selection compared different models")
     theirs = _weights([ref]) if ref is not None and ref is not g else set()
-    if own and theirs and own != theirs:
+    if own and len(theirs) == 1 and own != theirs:  # a mixed reference is flagged itself, not its rivals
         assert ref is not None
         return Flag("weights", "other base weights",
                     f"started from other base weights ({_short(own)}) than {ref.method} ({_short(theirs)}): "
@@ -518,7 +526,8 @@ def judge(groups: Sequence[Group], metric: str | None, reference: str = DEFAULT_
         if ref is not None and metric is not None:
             v.is_ref = g is ref
             v.vs_ref = None if v.is_ref else compare(g, ref, metric)
-    grids = {sw.selected.method: [g for _, _, g in sw.rows] for sw in found if sw.selected is not None}
+    grids = {sw.selected.method: [g for _, _, g in sw.rows] for sw in found  # tuning grids, not studies
+             if sw.selected is not None and sw.key.startswith(TUNED)}
     for g in groups:
         wf = weights_flag(g, ref, grids.get(g.method, ())) if g.status == "ok" else None
         if wf is not None:

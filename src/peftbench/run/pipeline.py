@@ -34,6 +34,7 @@ class Adapted:
     base_snapshot: Any = None   # base weights, for `changed` and ΔW
     base_model: Any = None      # an untouched copy, for the inference-overhead timing
     forgetting: Any = None      # a ForgettingMeter that has measured the base
+    weights: str | None = None  # the base weights' digest, taken when they were loaded (model.weights)
 
 
 @dataclass
@@ -97,6 +98,7 @@ def load_and_adapt(plan: Plan, timings: dict[str, float]) -> Adapted:
                        init_seed=int(cfg.model.get("init_seed", 0)), attn_implementation=plan.knobs["attn_implementation"],
                        head_seed=plan.seed)  # the head: from the run seed alone, the same for every method
     timings["load_model_s"] = time.perf_counter() - t
+    weights = fingerprint.weights_digest(plan.spec, model)  # now: the folder may be replaced while it trains
     base_names = pm.base_param_names(model)
     forget = ForgettingMeter(plan.forgetting, tok) if plan.forgetting is not None else None
     if forget is not None:  # general ability of the base model, before any update
@@ -111,7 +113,7 @@ def load_and_adapt(plan: Plan, timings: dict[str, float]) -> Adapted:
     counts = pm.count_params(model, base_names)
     if counts["trainable"] == 0:
         raise ConfigError(f"method '{plan.method.name}' left nothing trainable", option="method")
-    return Adapted(model, tok, counts, snap, base_model, forget)
+    return Adapted(model, tok, counts, snap, base_model, forget, weights)
 
 
 def data_module(plan: Plan, tokenizer: Any, timings: dict[str, float]) -> Any:
@@ -254,7 +256,7 @@ def record(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted, part: dict[str
     part.update(
         model={"family": plan.spec.family, "size": plan.spec.size, "checkpoint": plan.spec.source,
                "total": counts["total"] - counts.get("added", 0),
-               "weights": fingerprint.weights_digest(plan.spec, adapted.model)},
+               "weights": adapted.weights},
         method={"name": plan.method.name, "family": plan.method.family, "hparams": plan.method.hparams(),
                 "optim": plan.optim},
         dataset={**dm.describe(), "truncated": {k: getattr(v, "truncated", None) for k, v in dm.examples.items()}},
@@ -267,7 +269,7 @@ def record(plan: Plan, adapted: Adapted, dm: Any, fitted: Fitted, part: dict[str
     part["metrics"].update({alias: part["metrics"][src] for alias, src in aliases.items() if src in part["metrics"]})
     if plan.cfg.get("save_model"):
         saved = save_model(plan, adapted)
-        part["artifacts"].update(model_dir=str(saved), model_weights=fingerprint.folder_digest(saved))
+        part["artifacts"].update(model_dir=str(saved), model_weights=fingerprint.saved_digest(saved))
     return part  # checkpoints are removed by run.record.finish, once results.json is on disk
 
 
