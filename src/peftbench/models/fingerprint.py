@@ -106,7 +106,6 @@ def _hub_snapshot_digest(repo: str, commit: str) -> str | None:
         return None
 
 
-
 def saved_digest(folder: Path) -> str | None:
     """A just-saved model's digest, for the record; a read error leaves it unnamed (the run stands)."""
     try:
