@@ -509,3 +509,15 @@ def test_a_bad_override_in_the_grid_is_refused_before_any_run(monkeypatch, tmp_p
         assert suite.main(["--grid", "mine", "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert "refused before any run" in err and f"task {task.name}" in err and why in err
+
+
+def test_sizes_cuts_the_grid_to_some_sizes_and_refuses_unknown_ones(capsys):
+    """--sizes l reruns one ladder size (its pretraining and cells), never the others'."""
+    assert suite.main(["--grid", "gpt2_modes", "--sizes", "l", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = [ln.split(":")[0] for ln in lines if not ln.startswith("#")]
+    assert runs and all("gpt2_local-l" in r for r in runs)
+    assert any(r.startswith("pretrain gpt2_local-l") for r in runs)
+    with pytest.raises(SystemExit):
+        suite.main(["--grid", "gpt2_modes", "--sizes", "xl", "--dry-run"])
+    assert "no size ['xl']" in capsys.readouterr().err

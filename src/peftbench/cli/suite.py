@@ -335,6 +335,17 @@ def edge_extensions(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[Cel
     return out
 
 
+def only_sizes(grid: Grid, sizes: set[str]) -> Grid:
+    """``grid`` with every task's models cut to ``sizes`` (tasks left without a model dropped): rerun
+    one size, e.g. after its ladder model was rebuilt, without touching the others' records."""
+    known = {size for t in grid.tasks for _, size in t.models}
+    if not sizes <= known:
+        raise ConfigError(f"--sizes: no size {sorted(sizes - known)} in grid {grid.name} (sizes: {sorted(known)})",
+                          option="sizes")
+    tasks = [dataclasses.replace(t, models=tuple(m for m in t.models if m[1] in sizes)) for t in grid.tasks]
+    return dataclasses.replace(grid, tasks=[t for t in tasks if t.models])
+
+
 def ladder_sizes(grid: Grid) -> list[str]:
     """The ladder sizes some task of ``grid`` fine-tunes (--only without the ladder's task: none)."""
     used = {size for t in grid.tasks for fam, size in t.models if fam == "gpt2_local"}
@@ -702,7 +713,7 @@ def run_workers(grid: Grid, a: argparse.Namespace) -> int:
                      committer(grid, runs_dir(a, grid)) if a.commit else None)
     base = [sys.executable, "-m", "peftbench.cli.suite", "--grid", grid.name, "--runs", str(runs_dir(a, grid)),
             "--out", a.out, *(["--extend-edges", str(a.extend_edges)] if a.extend_edges is not None else []),
-            *(["--only", a.only] if a.only else []),
+            *(["--only", a.only] if a.only else []), *(["--sizes", a.sizes] if a.sizes else []),
             *(["--commit"] if a.commit else [])]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
@@ -813,6 +824,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None,
                    help="comma-separated task names: run just those; a later run without --only skips every "
                         "finished cell and writes the whole report")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated model sizes (e.g. l): run just those sizes' cells (and ladder); like --only, "
+                        "no full report is written")
     p.add_argument("--out", default="outputs/suite",
                    help="scratch folder: pretrained ladder weights (<out>/pretrained) and, without --report or "
                         "--runs, the run records (<out>/<grid>/runs)")
@@ -855,6 +869,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
         grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
+    if a.sizes:
+        try:
+            grid = only_sizes(grid, set(a.sizes.split(",")))
+        except ConfigError as e:
+            p.error(str(e))
+    partial = bool(a.only or a.sizes)
     shared = Path(a.out) / "pretrained"
     if a.dry_run:
         print("\n".join(dry_run(grid, shared, a.extend_edges)))
@@ -878,13 +898,13 @@ def main(argv: list[str] | None = None) -> int:
         mine = shard_of(grid, available_methods(grid.methods)[0], *shard)
         keep = lambda c: c.group in mine
     report = None if a.no_report or not a.report else Path(a.report)
-    if report is not None and a.only:  # a report of some tasks would replace the whole grid's
+    if report is not None and partial:  # a report of some cells would replace the whole grid's
         refs = reference_args(grid.references)
-        print(f"--only: no full report written (with --commit, a partial report.md beside the runs is kept in step); "
+        print(f"--only/--sizes: no full report written (with --commit, a partial report.md beside the runs is kept in step); "
               f"`peftbench report {runs} --out <folder>{' ' * bool(refs)}{refs}` reports what has finished",
               file=sys.stderr)
         report = None
-    m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit, reuse=a.jobs > 1, whole=not a.only)
+    m = run_grid(grid, runs, shared, report, cmd, a.extend_edges, keep, a.commit, reuse=a.jobs > 1, whole=not partial)
     bad = {k: v for k, v in m["statuses"].items() if v != "ok"}
     print(f"{len(m['statuses'])} runs, {len(bad)} not ok, {m['wall_s']} s; records: {runs}")
     return 0
