@@ -4,6 +4,7 @@ committed as they land, and the quick edition end to end (slow: `pytest -m slow`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -521,3 +522,47 @@ def test_sizes_cuts_the_grid_to_some_sizes_and_refuses_unknown_ones(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--grid", "gpt2_modes", "--sizes", "xl", "--dry-run"])
     assert "no size ['xl']" in capsys.readouterr().err
+
+
+def test_missing_ladder_weights_are_rebuilt_only_when_a_cell_of_that_size_would_train(monkeypatch, tmp_path):
+    """A clone with every record of a size but not its weights (never committed) writes its report
+    without pretraining again; one unfinished cell of that size and the rebuild happens."""
+    g = dataclasses.replace(suite.only_sizes(grids()["gpt2_modes"], {"s"}), pretrain={"s": 7})
+    runs, shared = tmp_path / "runs", tmp_path / "pretrained"
+    trained: list[str] = []
+
+    def run(overrides, out, reuse=False):
+        trained.append(str(out))
+        if out.parent.name == "pretrain-rebuild":  # the rebuild saves the weights the cells load
+            (shared / "gpt2_local-s-7steps").mkdir(parents=True, exist_ok=True)
+            (shared / "gpt2_local-s-7steps" / "config.json").write_text("{}")
+        return {"status": "ok", "run_id": "r", "metrics": {"val/ppl": 9.0}, "skipped": not out.parent.name.startswith("pretrain-")}
+
+    unfinished: set[str] = set()
+
+    def finished(overrides, out):
+        if any(u in str(out) for u in unfinished):
+            raise suite._Unfinished(str(out))
+        return {"status": "ok", "metrics": {"val/loss": 1.0, "test/ppl": 2.0}}
+
+    monkeypatch.setattr(suite, "_run", run)
+    monkeypatch.setattr(suite, "_finished", finished)
+    suite._pretrain_ladder(g, runs, shared)
+    assert trained == [str(runs / "pretrain" / "gpt2_local-s-7steps")]  # the record only: nothing rebuilt
+    trained.clear()
+    unfinished.add("/qlora/")
+    suite._pretrain_ladder(g, runs, shared)
+    assert len(trained) == 2 and "pretrain-rebuild" in trained[1]
+
+
+def test_preflight_refuses_a_method_the_model_cannot_take_before_anything_trains(tmp_path):
+    """Prefix tuning on MPNet (no past key/values) is refused by task and method, not three
+    refused runs later; the ladder's sizes, not pretrained yet, are checked on their architecture."""
+    sst2 = Task("sst2", ("dataset=sst2",), "val/acc", "test/acc", (("mpnet", "tiny"),))
+    lm = Task("wiki_lm", ("dataset=wiki_demo",), "val/loss", "test/ppl", (("gpt2_local", "s"),))
+    g = Grid("g", [sst2], ["lora", "prefix_tuning"], seeds=[1], lrs={"default": [1e-3]}, common=())
+    with pytest.raises(suite.ConfigError, match=r"task sst2 \(mpnet-tiny, prefix_tuning\).*past_key_values"):
+        suite.preflight(g, tmp_path)
+    suite.preflight(dataclasses.replace(g, methods=["lora", "prompt_tuning"]), tmp_path)
+    ladder = Grid("g", [lm], ["lora", "prefix_tuning"], seeds=[1], lrs={"default": [1e-3]}, pretrain={"s": 5}, common=())
+    suite.preflight(ladder, tmp_path)  # tmp_path holds no weights: the ladder is pretrained after the preflight

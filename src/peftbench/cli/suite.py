@@ -269,18 +269,39 @@ def _run(overrides: list[str], out: Path, reuse: bool = False) -> dict[str, Any]
     """One cell through ``train`` (a finished run is skipped). ``reuse``: a record of this exact run in
     ``out`` is returned whatever its status, nothing is trained (the pass after --jobs workers: it
     collects what they did, it never re-runs their failures)."""
-    from peftbench.config.compose import compose
+    from peftbench import results
     from peftbench.train import train
 
-    cfg = compose(overrides, output_dir=str(out))
     if reuse:
-        from peftbench import results
-        from peftbench.run import record
-
-        rec = record.finished_record(out, results.run_id(record.container(cfg)), results.STATUSES)
+        rec = _record_of(overrides, out, results.STATUSES)
         if rec is not None:
             return {**rec, "skipped": True}
-    return train(cfg)
+    return train(_compose(overrides, out))
+
+
+class _Unfinished(Exception):
+    """A dry pass met a cell that would train."""
+
+
+def _finished(overrides: list[str], out: Path) -> dict[str, Any]:
+    """The dry pass's ``_run``: a finished record, else ``_Unfinished``."""
+    rec = _record_of(overrides, out)
+    if rec is None:
+        raise _Unfinished(str(out))
+    return rec
+
+
+def _compose(overrides: list[str], out: Path) -> Any:
+    from peftbench.config.compose import compose
+
+    return compose(overrides, output_dir=str(out))
+
+
+def _record_of(overrides: list[str], out: Path, statuses: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
+    from peftbench import results
+    from peftbench.run import record
+
+    return record.finished_record(out, results.run_id(record.container(_compose(overrides, out))), statuses)
 
 
 def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -352,13 +373,15 @@ def ladder_sizes(grid: Grid) -> list[str]:
     return [s for s in grid.pretrain if s in used]
 
 
-def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) -> dict[str, dict[str, Any]]:
+def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None,
+                     extend: int | None = None) -> dict[str, dict[str, Any]]:
     """The gpt2_local sizes the grid pretrains from scratch, before any cell fine-tunes them. The
     record goes beside the cells' (``<runs>/pretrain/``, committed with them); the weights go to
     ``shared`` (never committed) with a marker naming the pretraining run, so another grid with the
     same ladder copies that run's record instead of pretraining (and replacing the weights) again. A
     clone that has the record but not the weights pretrains again into a scratch folder (same config
-    and seed) and says whether the rebuild matches the record."""
+    and seed) and says whether the rebuild matches the record, unless every cell of that size has
+    finished (a dry pass, ``extend`` rounds as the run's): a finished study rebuilds nothing."""
     import shutil
 
     from peftbench import results
@@ -379,7 +402,8 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) 
         rec = _run(overrides, out)
         if rec.get("status") == "ok" and not rec.get("skipped"):
             marker.write_text(json.dumps({"run_id": rid, "record": str(out)}))
-        if rec.get("status") == "ok" and not (weights / "config.json").exists():
+        if rec.get("status") == "ok" and not (weights / "config.json").exists() and \
+                _needs_weights(grid, size, runs, shared, extend):
             log.warning("%s: pretrained weights missing; pretraining again to rebuild them", weights)
             scratch = shared.parent / "pretrain-rebuild" / f"{weights.name}-{int(time.time())}"
             again = _run(overrides, scratch)
@@ -396,6 +420,16 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None) 
             on_done(out, rec)
         pre[size] = {"dir": str(out), "status": rec["status"], "run_id": rec["run_id"], "metrics": rec.get("metrics")}
     return pre
+
+
+def _needs_weights(grid: Grid, size: str, runs: Path, shared: Path, extend: int | None) -> bool:
+    """Would some cell of ``size`` train now? Phase 1, the edge rounds and the seeds replayed over the
+    finished records alone, as the run would select."""
+    try:
+        _run_cells(only_sizes(grid, {size}), available_methods(grid.methods)[0], runs, shared, extend, dry=True)
+    except _Unfinished:
+        return True
+    return False
 
 
 def _same_weights(rec: dict[str, Any], again: dict[str, Any]) -> bool:
@@ -415,19 +449,22 @@ Keep = Callable[[Cell], bool] | None  # the groups this process runs (a --shard 
 
 def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int | None = None,
                extensions: list[dict[str, Any]] | None = None, keep: Keep = None,
-               on_done: Any = None, reuse: bool = False) -> dict[Cell, dict[str, Any]]:
+               on_done: Any = None, reuse: bool = False, dry: bool = False) -> dict[Cell, dict[str, Any]]:
     """Task by task, in grid order: phase 1 (the lr grid on the first seed); up to ``grid.rounds(task,
     extend)`` rounds that add one lr beyond the edge a group selected (listed in ``extensions``, for the manifest);
     then phase 2 (the other seeds at the selected lr). A task's table is complete before the next
     task starts, so a stopped benchmark leaves whole tables behind. ``on_done(folder, record)`` is
-    called after each cell (finished before or now): the --commit hook; ``reuse``: see ``_run``."""
+    called after each cell (finished before or now): the --commit hook; ``reuse``: see ``_run``; ``dry``:
+    nothing trains, the first unfinished cell raises ``_Unfinished``."""
     extensions = [] if extensions is None else extensions
     records: dict[Cell, dict[str, Any]] = {}
 
     def run_cell(c: Cell) -> None:
-        rec = _run(c.overrides(grid, shared), runs / c.rel_dir(), reuse)
+        rec = _finished(c.overrides(grid, shared), runs / c.rel_dir()) if dry else \
+            _run(c.overrides(grid, shared), runs / c.rel_dir(), reuse)
         records[c] = rec
-        log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
+        if not dry:
+            log.warning("%s: %s %s", c.rel_dir(), rec["status"], {k: round(v, 4) for k, v in rec.get("metrics", {}).items()
                                                             if k in (c.task.select, c.task.report)})
         if on_done is not None:  # skipped ones too: a record finished without --commit is committed now
             on_done(runs / c.rel_dir(), rec)
@@ -673,7 +710,7 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
             paths = refresh_report(runs)
             if paths:  # commit_record makes no commit when nothing changed
                 commit_record(paths, f"{grid.name}: report regenerated from the committed records")
-    pre = _pretrain_ladder(grid, runs, shared, on_done)
+    pre = _pretrain_ladder(grid, runs, shared, on_done, extend)
     records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done, reuse)
     manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
     if keep is None and whole:  # a worker's (or --only's) manifest would describe part of the grid
@@ -687,10 +724,11 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
 
 
 def preflight(grid: Grid, shared: Path) -> None:
-    """Compose one cell of every group and check its numbers before anything trains: a typo in a
-    task's overrides is refused here, by task, instead of stopping a worker hours in."""
+    """Compose one cell of every group and check its numbers and its method against its model (from
+    the family table, no weights read) before anything trains: a typo in a task's overrides or a
+    method the model cannot take is refused here, by task, instead of stopping a worker hours in."""
     from peftbench.config.compose import compose
-    from peftbench.config.plan import check_numbers
+    from peftbench.config.plan import check_numbers, plan_method
 
     seen = set()
     for c in cells(grid, available_methods(grid.methods)[0]):
@@ -698,7 +736,10 @@ def preflight(grid: Grid, shared: Path) -> None:
             continue
         seen.add(c.group)
         try:
-            check_numbers(compose(c.overrides(grid, shared)))
+            cfg = compose(c.overrides(grid, shared))
+            check_numbers(cfg)
+            ladder = c.model == "gpt2_local" and c.size in grid.pretrain  # not pretrained yet: its architecture
+            plan_method(compose([*c.overrides(grid, shared), f"++model.sizes.{c.size}.from_config=true"]) if ladder else cfg)
         except ConfigError as e:
             raise ConfigError(f"grid {grid.name}, task {c.task.name} ({c.model}-{c.size}, {c.method}): {e}") from e
 
@@ -710,7 +751,7 @@ def run_workers(grid: Grid, a: argparse.Namespace) -> int:
     import subprocess
 
     _pretrain_ladder(grid, runs_dir(a, grid), Path(a.out) / "pretrained",
-                     committer(grid, runs_dir(a, grid)) if a.commit else None)
+                     committer(grid, runs_dir(a, grid)) if a.commit else None, a.extend_edges)
     base = [sys.executable, "-m", "peftbench.cli.suite", "--grid", grid.name, "--runs", str(runs_dir(a, grid)),
             "--out", a.out, *(["--extend-edges", str(a.extend_edges)] if a.extend_edges is not None else []),
             *(["--only", a.only] if a.only else []), *(["--sizes", a.sizes] if a.sizes else []),
