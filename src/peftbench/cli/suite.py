@@ -574,7 +574,7 @@ def refresh_report(runs: Path) -> list[Path]:
                 old.unlink()
         tracked = _git(["ls-files", "--", str(report / "plots")]).split()  # deleted ones included
         return [*res.files, *map(Path, tracked)]
-    except (Exception, SystemExit) as e:  # the report is a view of the records: it never stops the benchmark
+    except (Exception, SystemExit) as e:  # noqa: BLE001 — the report is a view of the records: it never stops the benchmark
         log.warning("--commit: %s not regenerated (%s: %s); the record is committed alone", report,
                     type(e).__name__, e)
         return []
@@ -787,9 +787,9 @@ def readme_markdown(m: dict[str, Any]) -> str:
     lines = [f"# Standard benchmark — grid `{m['grid']}`", "",
              "Regenerate (from the repo root; a relaunch skips finished runs):", "", "```bash",
              f"PEFTBENCH_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 {m['command']}", "```", "",
-             f"Git revision {m['git_revision']}; this invocation {m['wall_s'] / 60:.1f} min (finished runs are skipped); "
-             f"the runs' own time adds up to {m.get('runs_s', 0) / 60:.0f} min; machine: {mc['cpu_count']} CPU(s) "
-             f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, device {mc.get('device', '?')}.", "",
+             (f"Git revision {m['git_revision']}; this invocation {m['wall_s'] / 60:.1f} min (finished runs are skipped); "
+              f"the runs' own time adds up to {m.get('runs_s', 0) / 60:.0f} min; machine: {mc['cpu_count']} CPU(s) "
+              f"({mc['processor'] or 'x86_64'}), {mc['platform']}, Python {mc['python']}, device {mc.get('device', '?')}."), "",
              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
              f"Protocol: {m['protocol']}.", "", "Splits (selection is never on the reported split):", "",
              *[f"- {k}: {v}" for k, v in m["splits"].items()], "",
@@ -809,9 +809,9 @@ def readme_markdown(m: dict[str, Any]) -> str:
                             for k, p in m["pretrain"].items()), ""]
     bad = {k: s for k, s in m["statuses"].items() if s != "ok"}
     lines += [f"Runs: {len(m['statuses'])} ({len(bad)} not ok{': ' + ', '.join(f'{k} {s}' for k, s in bad.items()) if bad else ''}).", "",
-              "Files: [report.md](report.md) (tables: mean ± std over seeds of the selected lr's runs; parameter "
-              "columns name their count type), [selection.md](selection.md) (every lr's selection score), "
-              "report.csv / report.tex / report.html, plots/, manifest.json (run ids, statuses).", ""]
+              ("Files: [report.md](report.md) (tables: mean ± std over seeds of the selected lr's runs; parameter "
+               "columns name their count type), [selection.md](selection.md) (every lr's selection score), "
+               "report.csv / report.tex / report.html, plots/, manifest.json (run ids, statuses)."), ""]
     return "\n".join(lines)
 
 
@@ -888,6 +888,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cut(grid: Grid, a: argparse.Namespace, p: argparse.ArgumentParser) -> Grid:
+    """``grid`` cut to --only's tasks and --sizes' sizes; an unknown name is a usage error."""
+    if a.only:
+        keep = set(a.only.split(","))
+        unknown = keep - {t.name for t in grid.tasks}
+        if unknown:
+            p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
+        grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
+    if a.sizes:
+        try:
+            grid = only_sizes(grid, set(a.sizes.split(",")))
+        except ConfigError as e:
+            p.error(str(e))
+    return grid
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     a = p.parse_args(argv)
@@ -903,18 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         shard = (int(k), int(n))
     if shard and a.jobs > 1:
         p.error("--shard and --jobs exclude each other (--jobs starts the shards)")
-    grid = grids()["standard_quick" if a.quick else a.grid]
-    if a.only:
-        keep = set(a.only.split(","))
-        unknown = keep - {t.name for t in grid.tasks}
-        if unknown:
-            p.error(f"--only: no task {sorted(unknown)} in grid {grid.name} (tasks: {[t.name for t in grid.tasks]})")
-        grid = dataclasses.replace(grid, tasks=[t for t in grid.tasks if t.name in keep])
-    if a.sizes:
-        try:
-            grid = only_sizes(grid, set(a.sizes.split(",")))
-        except ConfigError as e:
-            p.error(str(e))
+    grid = _cut(grids()["standard_quick" if a.quick else a.grid], a, p)
     partial = bool(a.only or a.sizes)
     shared = Path(a.out) / "pretrained"
     if a.dry_run:
