@@ -526,33 +526,34 @@ def test_sizes_cuts_the_grid_to_some_sizes_and_refuses_unknown_ones(capsys):
 
 def test_missing_ladder_weights_are_rebuilt_only_when_a_cell_of_that_size_would_train(monkeypatch, tmp_path):
     """A clone with every record of a size but not its weights (never committed) writes its report
-    without pretraining again; one unfinished cell of that size and the rebuild happens."""
+    without pretraining again; one unfinished cell of that size (a phase-1 lr, an edge extension, a
+    seed at the selected lr) and the rebuild happens."""
     g = dataclasses.replace(suite.only_sizes(grids()["gpt2_modes"], {"s"}), pretrain={"s": 7})
-    runs, shared = tmp_path / "runs", tmp_path / "pretrained"
+    runs = tmp_path / "runs"
     trained: list[str] = []
+    missing: tuple[str, ...] = ()
 
     def run(overrides, out, reuse=False):
         trained.append(str(out))
         if out.parent.name == "pretrain-rebuild":  # the rebuild saves the weights the cells load
-            (shared / "gpt2_local-s-7steps").mkdir(parents=True, exist_ok=True)
-            (shared / "gpt2_local-s-7steps" / "config.json").write_text("{}")
-        return {"status": "ok", "run_id": "r", "metrics": {"val/ppl": 9.0}, "skipped": not out.parent.name.startswith("pretrain-")}
-
-    unfinished: set[str] = set()
+            weights = Path(next(o for o in overrides if o.startswith("save_model=")).split("=", 1)[1])
+            weights.mkdir(parents=True, exist_ok=True)
+            (weights / "config.json").write_text("{}")
+        return {"status": "ok", "run_id": "r", "metrics": {"val/ppl": 9.0}, "skipped": out.parent.name == "pretrain"}
 
     def finished(overrides, out):
-        if any(u in str(out) for u in unfinished):
+        if missing and all(m in str(out) for m in missing):
             raise suite._Unfinished(str(out))
-        return {"status": "ok", "metrics": {"val/loss": 1.0, "test/ppl": 2.0}}
+        return {"status": "ok", "metrics": {"val/loss": 1.0, "test/ppl": 2.0}}  # a tie: the smallest lr wins
 
     monkeypatch.setattr(suite, "_run", run)
     monkeypatch.setattr(suite, "_finished", finished)
-    suite._pretrain_ladder(g, runs, shared)
-    assert trained == [str(runs / "pretrain" / "gpt2_local-s-7steps")]  # the record only: nothing rebuilt
-    trained.clear()
-    unfinished.add("/qlora/")
-    suite._pretrain_ladder(g, runs, shared)
-    assert len(trained) == 2 and "pretrain-rebuild" in trained[1]
+    # the tie selects the low edge: extended (9e-05 first), then seeds 2 and 3 at the last extension
+    for i, missing in enumerate([(), ("/qlora/lr0.001/seed1",), ("/qlora/lr9e-05/seed1",), ("/qlora/", "/seed2")]):
+        trained.clear()
+        suite._pretrain_ladder(g, runs, tmp_path / f"pretrained{i}")
+        assert trained[0] == str(runs / "pretrain" / "gpt2_local-s-7steps")  # its record: skipped
+        assert (len(trained) == 2 and "pretrain-rebuild" in trained[1]) == bool(missing), missing
 
 
 def test_preflight_refuses_a_method_the_model_cannot_take_before_anything_trains(tmp_path):
@@ -566,3 +567,22 @@ def test_preflight_refuses_a_method_the_model_cannot_take_before_anything_trains
     suite.preflight(dataclasses.replace(g, methods=["lora", "prompt_tuning"]), tmp_path)
     ladder = Grid("g", [lm], ["lora", "prefix_tuning"], seeds=[1], lrs={"default": [1e-3]}, pretrain={"s": 5}, common=())
     suite.preflight(ladder, tmp_path)  # tmp_path holds no weights: the ladder is pretrained after the preflight
+
+
+def test_the_dry_pass_says_what_train_would_do_without_training(tmp_path):
+    """No record: the cell would train. Its own finished record: skipped. Another configuration's
+    finished run in its folder: train refuses it, so it needs no weights either."""
+    from peftbench import results
+    from peftbench.run import record
+
+    g = grids()["gpt2_modes"]
+    c = next(cells(suite.only_sizes(g, {"s"}), ["lora"]))
+    out, overrides = tmp_path / c.rel_dir(), c.overrides(g, tmp_path)
+    with pytest.raises(suite._Unfinished):
+        suite._finished(overrides, out)
+    rid = results.run_id(record.container(suite._compose(overrides, out)))
+    for run_id, status in ((rid, "ok"), ("another", "refused")):
+        results.write(out, results.empty_record(
+            run_id=run_id, seed=1, config={}, model={"family": "gpt2_local", "size": "s"},
+            method={"name": "lora", "family": "reparameterized"}, dataset={"name": "wiki_demo", "task": "causal_lm"}))
+        assert suite._finished(overrides, out)["status"] == status

@@ -284,11 +284,21 @@ class _Unfinished(Exception):
 
 
 def _finished(overrides: list[str], out: Path) -> dict[str, Any]:
-    """The dry pass's ``_run``: a finished record, else ``_Unfinished``."""
-    rec = _record_of(overrides, out)
-    if rec is None:
-        raise _Unfinished(str(out))
-    return rec
+    """The dry pass's ``_run``: what ``train`` would return without training (a finished record, or
+    the refusal of a folder holding another configuration's run), else ``_Unfinished``."""
+    from peftbench import results
+    from peftbench.run import record
+
+    out = Path(out)
+    rid = results.run_id(record.container(_compose(overrides, out)))
+    rec = record.finished_record(out, rid) or record.finished_in_sweep(out, rid)
+    if rec is not None:
+        return rec
+    try:
+        record.check_other_run(out, rid)
+    except ConfigError as e:
+        return {"status": "refused", "error": str(e)}
+    raise _Unfinished(str(out))
 
 
 def _compose(overrides: list[str], out: Path) -> Any:
@@ -356,13 +366,16 @@ def edge_extensions(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[Cel
     return out
 
 
+Keep = Callable[[Cell], bool] | None  # the groups this process runs (a --shard worker's share); None: all
+
+
 def only_sizes(grid: Grid, sizes: set[str]) -> Grid:
     """``grid`` with every task's models cut to ``sizes`` (tasks left without a model dropped): rerun
     one size, e.g. after its ladder model was rebuilt, without touching the others' records."""
     known = {size for t in grid.tasks for _, size in t.models}
     if not sizes <= known:
-        raise ConfigError(f"--sizes: no size {sorted(sizes - known)} in grid {grid.name} (sizes: {sorted(known)})",
-                          option="sizes")
+        raise ConfigError(f"no size {sorted(sizes - known)} in the tasks of grid {grid.name} being run "
+                          f"(their sizes: {sorted(known)})", option="sizes")
     tasks = [dataclasses.replace(t, models=tuple(m for m in t.models if m[1] in sizes)) for t in grid.tasks]
     return dataclasses.replace(grid, tasks=[t for t in tasks if t.models])
 
@@ -374,7 +387,7 @@ def ladder_sizes(grid: Grid) -> list[str]:
 
 
 def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None,
-                     extend: int | None = None) -> dict[str, dict[str, Any]]:
+                     extend: int | None = None, keep: Keep = None) -> dict[str, dict[str, Any]]:
     """The gpt2_local sizes the grid pretrains from scratch, before any cell fine-tunes them. The
     record goes beside the cells' (``<runs>/pretrain/``, committed with them); the weights go to
     ``shared`` (never committed) with a marker naming the pretraining run, so another grid with the
@@ -403,7 +416,7 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None,
         if rec.get("status") == "ok" and not rec.get("skipped"):
             marker.write_text(json.dumps({"run_id": rid, "record": str(out)}))
         if rec.get("status") == "ok" and not (weights / "config.json").exists() and \
-                _needs_weights(grid, size, runs, shared, extend):
+                _needs_weights(grid, size, runs, shared, extend, keep):
             log.warning("%s: pretrained weights missing; pretraining again to rebuild them", weights)
             scratch = shared.parent / "pretrain-rebuild" / f"{weights.name}-{int(time.time())}"
             again = _run(overrides, scratch)
@@ -422,12 +435,15 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None,
     return pre
 
 
-def _needs_weights(grid: Grid, size: str, runs: Path, shared: Path, extend: int | None) -> bool:
-    """Would some cell of ``size`` train now? Phase 1, the edge rounds and the seeds replayed over the
-    finished records alone, as the run would select."""
+def _needs_weights(grid: Grid, size: str, runs: Path, shared: Path, extend: int | None, keep: Keep = None) -> bool:
+    """Would some ladder cell of ``size`` (of this process's groups, ``keep``) train now? Phase 1, the
+    edge rounds and the seeds replayed over the finished records alone, as the run would select."""
+    tasks = [dataclasses.replace(t, models=tuple(m for m in t.models if m == ("gpt2_local", size))) for t in grid.tasks]
+    one = dataclasses.replace(grid, tasks=[t for t in tasks if t.models])
     try:
-        _run_cells(only_sizes(grid, {size}), available_methods(grid.methods)[0], runs, shared, extend, dry=True)
-    except _Unfinished:
+        _run_cells(one, available_methods(grid.methods)[0], runs, shared, extend, keep=keep, dry=True)
+    except _Unfinished as e:
+        log.warning("%s has to run: the ladder's %s model is needed", e, size)
         return True
     return False
 
@@ -442,9 +458,6 @@ def _same_weights(rec: dict[str, Any], again: dict[str, Any]) -> bool:
         return want == got
     ppl, was = ((r.get("metrics") or {}).get("val/ppl") for r in (again, rec))
     return ppl is not None and ppl == was
-
-
-Keep = Callable[[Cell], bool] | None  # the groups this process runs (a --shard worker's share); None: all
 
 
 def _run_cells(grid: Grid, methods: list[str], runs: Path, shared: Path, extend: int | None = None,
@@ -710,7 +723,7 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
             paths = refresh_report(runs)
             if paths:  # commit_record makes no commit when nothing changed
                 commit_record(paths, f"{grid.name}: report regenerated from the committed records")
-    pre = _pretrain_ladder(grid, runs, shared, on_done, extend)
+    pre = _pretrain_ladder(grid, runs, shared, on_done, extend, keep)
     records = _run_cells(grid, methods, runs, shared, extend, extensions, keep, on_done, reuse)
     manifest = build_manifest(grid, command, methods, skipped, pre, records, runs, t0, extensions, extend)
     if keep is None and whole:  # a worker's (or --only's) manifest would describe part of the grid
@@ -724,11 +737,12 @@ def run_grid(grid: Grid, runs: Path, shared: Path, report_dir: Path | None, comm
 
 
 def preflight(grid: Grid, shared: Path) -> None:
-    """Compose one cell of every group and check its numbers and its method against its model (from
-    the family table, no weights read) before anything trains: a typo in a task's overrides or a
-    method the model cannot take is refused here, by task, instead of stopping a worker hours in."""
+    """Plan one cell of every group as its run will (``make_plan``: numbers, budget, the method against
+    the model's family table, lengths, strategy), reading no weights or data, before anything trains:
+    a typo in a task's overrides or a method the model cannot take is refused here, by task, instead
+    of stopping a worker hours in."""
     from peftbench.config.compose import compose
-    from peftbench.config.plan import check_numbers, plan_method
+    from peftbench.config.plan import make_plan
 
     seen = set()
     for c in cells(grid, available_methods(grid.methods)[0]):
@@ -736,10 +750,9 @@ def preflight(grid: Grid, shared: Path) -> None:
             continue
         seen.add(c.group)
         try:
-            cfg = compose(c.overrides(grid, shared))
-            check_numbers(cfg)
             ladder = c.model == "gpt2_local" and c.size in grid.pretrain  # not pretrained yet: its architecture
-            plan_method(compose([*c.overrides(grid, shared), f"++model.sizes.{c.size}.from_config=true"]) if ladder else cfg)
+            make_plan(compose([*c.overrides(grid, shared), *([f"++model.sizes.{c.size}.from_config=true"] * ladder)]),
+                      load_data=False)
         except ConfigError as e:
             raise ConfigError(f"grid {grid.name}, task {c.task.name} ({c.model}-{c.size}, {c.method}): {e}") from e
 
