@@ -270,13 +270,15 @@ def _run(overrides: list[str], out: Path, reuse: bool = False) -> dict[str, Any]
     ``out`` is returned whatever its status, nothing is trained (the pass after --jobs workers: it
     collects what they did, it never re-runs their failures)."""
     from peftbench import results
+    from peftbench.run import record
     from peftbench.train import train
 
+    cfg = _compose(overrides, out)
     if reuse:
-        rec = _record_of(overrides, out, results.STATUSES)
+        rec = record.finished_record(out, _run_id(cfg), results.STATUSES)
         if rec is not None:
             return {**rec, "skipped": True}
-    return train(_compose(overrides, out))
+    return train(cfg)
 
 
 class _Unfinished(Exception):
@@ -286,11 +288,10 @@ class _Unfinished(Exception):
 def _finished(overrides: list[str], out: Path) -> dict[str, Any]:
     """The dry pass's ``_run``: what ``train`` would return without training (a finished record, or
     the refusal of a folder holding another configuration's run), else ``_Unfinished``."""
-    from peftbench import results
     from peftbench.run import record
 
     out = Path(out)
-    rid = results.run_id(record.container(_compose(overrides, out)))
+    rid = _run_id(_compose(overrides, out))
     rec = record.finished_record(out, rid) or record.finished_in_sweep(out, rid)
     if rec is not None:
         return rec
@@ -307,11 +308,11 @@ def _compose(overrides: list[str], out: Path) -> Any:
     return compose(overrides, output_dir=str(out))
 
 
-def _record_of(overrides: list[str], out: Path, statuses: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
+def _run_id(cfg: Any) -> str:
     from peftbench import results
     from peftbench.run import record
 
-    return record.finished_record(out, results.run_id(record.container(_compose(overrides, out))), statuses)
+    return results.run_id(record.container(cfg))
 
 
 def select(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -369,14 +370,15 @@ def edge_extensions(grid: Grid, records: dict[Cell, dict[str, Any]]) -> list[Cel
 Keep = Callable[[Cell], bool] | None  # the groups this process runs (a --shard worker's share); None: all
 
 
-def only_sizes(grid: Grid, sizes: set[str]) -> Grid:
-    """``grid`` with every task's models cut to ``sizes`` (tasks left without a model dropped): rerun
-    one size, e.g. after its ladder model was rebuilt, without touching the others' records."""
+def only_sizes(grid: Grid, sizes: set[str], family: str | None = None) -> Grid:
+    """``grid`` with every task's models cut to ``sizes`` (of ``family``, else any; tasks left without a
+    model dropped): rerun one size, e.g. after its ladder model was rebuilt, without touching the others'."""
     known = {size for t in grid.tasks for _, size in t.models}
     if not sizes <= known:
         raise ConfigError(f"no size {sorted(sizes - known)} in the tasks of grid {grid.name} being run "
                           f"(their sizes: {sorted(known)})", option="sizes")
-    tasks = [dataclasses.replace(t, models=tuple(m for m in t.models if m[1] in sizes)) for t in grid.tasks]
+    tasks = [dataclasses.replace(t, models=tuple(m for m in t.models if m[1] in sizes and family in (None, m[0])))
+             for t in grid.tasks]
     return dataclasses.replace(grid, tasks=[t for t in tasks if t.models])
 
 
@@ -438,8 +440,7 @@ def _pretrain_ladder(grid: Grid, runs: Path, shared: Path, on_done: Any = None,
 def _needs_weights(grid: Grid, size: str, runs: Path, shared: Path, extend: int | None, keep: Keep = None) -> bool:
     """Would some ladder cell of ``size`` (of this process's groups, ``keep``) train now? Phase 1, the
     edge rounds and the seeds replayed over the finished records alone, as the run would select."""
-    tasks = [dataclasses.replace(t, models=tuple(m for m in t.models if m == ("gpt2_local", size))) for t in grid.tasks]
-    one = dataclasses.replace(grid, tasks=[t for t in tasks if t.models])
+    one = only_sizes(grid, {size}, family="gpt2_local")
     try:
         _run_cells(one, available_methods(grid.methods)[0], runs, shared, extend, keep=keep, dry=True)
     except _Unfinished as e:
