@@ -157,10 +157,13 @@ def test_refuses_prefix_without_past_kv(name):
 
 
 def test_refuses_bitfit_without_biases():
-    """A bias-free model (Llama: the meta-device build says so) has nothing for BitFit to train."""
+    """A bias-free model (Llama: the meta-device build says so) has nothing for BitFit to train; with
+    its head it would be head-only under BitFit's name, so that is refused too, naming head_only."""
     e = _refuses("bitfit", ctx_over={"has_bias": False}, train_head=False)
     assert e.option == "method" and "no bias" in str(e)
-    get_method("bitfit").from_config({"train_head": True}).check(C.make_ctx("classification", has_bias=False))
+    with pytest.raises(ConfigError, match="method=head_only"):
+        get_method("bitfit").from_config({"train_head": True}).check(C.make_ctx("classification", has_bias=False))
+    get_method("bitfit").from_config({"train_head": True}).check(C.make_ctx("classification", has_bias=True))
 
 
 @pytest.mark.parametrize("name,key", [("houlsby", "attn_out"), ("pfeiffer", "ffn_out"), ("mam", "ffn_in"),

@@ -35,16 +35,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = str(out)
     rid = results.run_id(record.container(cfg))
-    done = record.finished_record(out, rid) or record.finished_in_sweep(out, rid)
-    if done is not None:
-        where = ((done.get("config") or {}).get("paths") or {}).get("output_dir") or out
-        log.warning("skipping: a finished run with run_id %s is already in %s", rid, where)
-        return {**done, "skipped": True}
     t_start = time.time()
     rec = record.base_record(cfg, rid)
     lock = record.FolderLock(out)
     try:
-        record.check_other_run(out, rid)
+        done = record.prior_run(out, rid)
+        if done is not None:
+            where = ((done.get("config") or {}).get("paths") or {}).get("output_dir") or out
+            log.warning("skipping: a finished run with run_id %s is already in %s", rid, where)
+            return {**done, "skipped": True}
         lock.__enter__()
     except ConfigError as e:  # refused, and nothing written over the other run's folder
         log.error("refused: %s", e)

@@ -292,14 +292,13 @@ def _finished(overrides: list[str], out: Path) -> dict[str, Any]:
 
     out = Path(out)
     rid = _run_id(_compose(overrides, out))
-    rec = record.finished_record(out, rid) or record.finished_in_sweep(out, rid)
-    if rec is not None:
-        return rec
     try:
-        record.check_other_run(out, rid)
+        rec = record.prior_run(out, rid)
     except ConfigError as e:
         return {"status": "refused", "error": str(e)}
-    raise _Unfinished(str(out))
+    if rec is None:
+        raise _Unfinished(str(out))
+    return rec
 
 
 def _compose(overrides: list[str], out: Path) -> Any:

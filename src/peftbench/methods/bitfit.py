@@ -27,9 +27,12 @@ class BitFit(Method):
     def check(self, ctx: ApplyContext) -> None:
         super().check(ctx)
         # Llama-style blocks have no biases (unless attention_bias / mlp_bias; Qwen2 only on q/k/v):
-        # the context read that off the meta-device build; refuse the empty case before loading.
-        if ctx.has_bias is False and not (self.train_head and ctx.task == "classification"):  # a head trains only there
-            raise ConfigError("this model has no bias terms to train", option="method")
+        # the context read that off the meta-device build. Without them BitFit trains nothing, or the
+        # task head alone: head-only under BitFit's name in a results table. Refused before loading.
+        if ctx.has_bias is False:
+            also = (" (with train_head it would train the task head alone: that is method=head_only)"
+                    if self.train_head and ctx.task == "classification" else "")
+            raise ConfigError(f"this model has no bias terms to train{also}", option="method")
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:
         freeze(model)
@@ -40,6 +43,7 @@ class BitFit(Method):
                 n += p.numel()
         if self.train_head and ctx.task == "classification":
             unfreeze_modules(model, ctx.head_modules)
-        if n == 0 and not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError("the model has no bias terms to train", option="method")
+        if n == 0:  # a context that could not tell (has_bias None): the same refusal, after loading
+            raise ConfigError("the model has no bias terms to train (BitFit would be head-only or nothing)",
+                              option="method")
         return model
