@@ -92,6 +92,20 @@ def test_length_grouping_covers_every_example_once_and_cuts_padding():
     assert padded(e0) < 0.8 * padded([rand[k:k + 16] for k in range(0, 400, 16)])
 
 
+def test_length_grouping_resumes_where_a_checkpoint_stopped():
+    """A resumed run continues its epoch's batches (not the epoch's start) and its epoch's order
+    (Lightning never calls set_epoch on a batch sampler); a save on an epoch's last batch goes on
+    with the next epoch."""
+    lengths = torch.randint(3, 64, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+    run = make()
+    epochs = [list(run) for _ in range(3)]
+    fresh = make()
+    assert fresh.resume_at(1, 5) == (1, 5) and list(fresh) == epochs[1][5:] and list(fresh) == epochs[2]
+    fresh = make()
+    assert fresh.resume_at(0, len(fresh)) == (1, 0) and list(fresh) == epochs[1]
+
+
 def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
     """The same model evaluated with padding to 64 and with dynamic padding: same loss, same acc."""
     import lightning as L

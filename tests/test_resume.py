@@ -67,16 +67,19 @@ def _ckpt_step(path: Path) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "length_grouped"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, grouped):
+    """Both training samplers: plain shuffling and length-grouped batches (its own batch sampler)."""
     import torch
 
+    common = [*COMMON, f"dataset.group_by_length={str(grouped).lower()}"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    _run([*COMMON, f"hydra.run.dir={full}"])
+    _run([*common, f"hydra.run.dir={full}"])
     ref = json.loads((full / "results.json").read_text())
     assert ref["status"] == "ok" and ref["resumed_from_step"] is None, ref.get("error")
     assert not (full / "checkpoints").exists()  # removed once the run finished (checkpoint.keep=false)
 
-    proc = subprocess.Popen([TRAIN, *COMMON, f"hydra.run.dir={killed}", "checkpoint.keep=true"], env=_env(),
+    proc = subprocess.Popen([TRAIN, *common, f"hydra.run.dir={killed}", "checkpoint.keep=true"], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     ckpt, step, deadline = killed / "checkpoints" / "last.ckpt", None, time.time() + 900
     try:
@@ -98,7 +101,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert sd and all("lora_" in k or "classifier" in k or "score" in k for k in sd if not k.endswith("position_ids")), \
         sorted(sd)[:20]
 
-    p = _run([*COMMON, f"hydra.run.dir={killed}", "checkpoint.keep=true"])
+    p = _run([*common, f"hydra.run.dir={killed}", "checkpoint.keep=true"])
     rec = json.loads((killed / "results.json").read_text())
     assert rec["status"] == "ok", rec.get("error")
     assert rec["resumed_from_step"] == step, (rec["resumed_from_step"], step, p.stderr[-2000:])

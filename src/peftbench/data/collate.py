@@ -54,14 +54,23 @@ class PadCollator:
 
 class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffle, sort within buckets of ``bucket_batches`` batches by length, then shuffle the
-    batches: padding shrinks while training order stays random (re-drawn every epoch)."""
+    batches: padding shrinks while training order stays random (re-drawn every epoch from
+    ``seed + epoch``). Resumable like ``run.resume.ResumableRandomSampler`` (``resume_at``)."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50, drop_last: bool = False):
         self.lengths, self.bs, self.seed, self.bucket, self.drop_last = lengths, batch_size, seed, bucket_batches, drop_last
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int, batch_size: int = 0) -> tuple[int, int]:
+        """Continue a checkpointed run: epoch ``epoch`` minus its first ``batches_done`` batches
+        (Lightning never calls ``set_epoch`` on a batch sampler, so the epoch is set here too)."""
+        if batches_done >= len(self):  # saved on an epoch's last batch
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.skip = epoch, batches_done
+        return epoch, batches_done
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
@@ -78,9 +87,9 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
+        batches, skip, self.skip = self._batches(), self.skip, 0
         self.epoch += 1
-        return iter(batches)
+        return iter(batches[skip:])
 
     def __len__(self) -> int:
         n = len(self.lengths)

@@ -55,6 +55,14 @@ class ResumableRandomSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = int(epoch)
 
+    def resume_at(self, epoch: int, batches_done: int, batch_size: int) -> tuple[int, int]:
+        """Continue a checkpointed run: epoch ``epoch`` minus its first ``batches_done`` batches.
+        (set here, not only by ``set_epoch``: with worker processes indices are drawn before it)"""
+        if batches_done * batch_size >= self.n:  # saved on an epoch's last batch
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.skip = epoch, batches_done * batch_size
+        return epoch, batches_done
+
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
@@ -67,7 +75,7 @@ class ResumableRandomSampler(torch.utils.data.Sampler[int]):
 
 def resumable_loader(loader: torch.utils.data.DataLoader, seed: int) -> torch.utils.data.DataLoader:
     """The same training DataLoader with a ``ResumableRandomSampler``; loaders with their own
-    batch sampler (length grouping: already ``seed + epoch``) are returned unchanged."""
+    batch sampler (length grouping: ``seed + epoch`` and ``resume_at`` already) are returned unchanged."""
     if not isinstance(loader.sampler, torch.utils.data.RandomSampler) or loader.batch_size is None:
         return loader
     return torch.utils.data.DataLoader(
@@ -81,14 +89,13 @@ class TrainableCheckpoint(ModelCheckpoint):
     """``<out>/checkpoints/last.ckpt`` every ``every_n_steps`` optimizer steps: trainable
     weights, optimizer/scheduler/loop state, RNG states, the data position and the run id."""
 
-    def __init__(self, out: Path, every_n_steps: int, run_id: str,
-                 sampler: ResumableRandomSampler | None = None):
+    def __init__(self, out: Path, every_n_steps: int, run_id: str, sampler: Any = None):
         super().__init__(dirpath=str(checkpoint_dir(out)), save_last=True, save_top_k=0,
                          every_n_train_steps=max(1, int(every_n_steps)), enable_version_counter=False)
         self.run_id, self.sampler = run_id, sampler
         self.resumed_from_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None
-        self.batch_size = 0  # samples per batch of the resumable sampler's loader
+        self.batch_size = 0  # samples per batch of the loader (a batch sampler knows its own)
 
     # ---- saving --------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
@@ -122,11 +129,8 @@ class TrainableCheckpoint(ModelCheckpoint):
         done, epoch = int(state.get("epoch_batches_done", 0)), int(state.get("epoch", 0))
         # Exact position for one process only: under DDP Lightning wraps the sampler in a
         # DistributedSamplerWrapper that re-shuffles per rank, and the epoch restarts (Lightning warns).
-        if self.sampler is not None and self.batch_size and trainer.world_size == 1:
-            if done * self.batch_size >= self.sampler.n:  # saved on an epoch's last batch
-                done, epoch = 0, epoch + 1
-            # set here too: with worker processes the loader draws indices before set_epoch
-            self.sampler.epoch, self.sampler.skip = epoch, done * self.batch_size
+        if self.sampler is not None and trainer.world_size == 1:
+            epoch, done = self.sampler.resume_at(epoch, done, self.batch_size)
         log.warning("resuming from %s at step %d (epoch %d, batch %d)", self.last_model_path or "checkpoint",
                     self.resumed_from_step, epoch, done)
 
@@ -160,7 +164,9 @@ def _unsafe_rng(states: dict[str, Any]) -> dict[str, Any]:
 def make_checkpoint_callback(cfg_ckpt: dict[str, Any], out: Path, run_id: str, loader) -> TrainableCheckpoint | None:
     if not cfg_ckpt or not cfg_ckpt.get("enabled", True):
         return None
-    sampler = loader.sampler if isinstance(getattr(loader, "sampler", None), ResumableRandomSampler) else None
+    # the sampler that can skip what a checkpoint trained on: ours, or a length-grouping batch sampler
+    sampler = next((s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
+                    if hasattr(s, "resume_at")), None)
     cb = TrainableCheckpoint(out, int(cfg_ckpt.get("every_n_steps", 50)), run_id, sampler)
     cb.batch_size = int(loader.batch_size or 0)
     return cb
