@@ -283,7 +283,7 @@ def test_every_method_declares_metadata():
 
 FAMILIES = ["bert", "roberta", "minilm", "mpnet", "gpt2", "gpt2_local", "qwen2", "llama"]
 # what a family declares on purpose (not a missing fact): MPNet's attention takes no past key/values;
-# Llama blocks have no biases, so BitFit on a causal LM (no head to train) has nothing to train
+# Llama blocks have no biases, so BitFit is refused (nothing to train, or the head alone: head-only)
 DECLARED_REFUSALS = {"mpnet": "past_key_values", "gpt2": "Conv1D", "gpt2_local": "Conv1D", "llama": "no bias terms"}
 
 

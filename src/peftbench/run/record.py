@@ -114,7 +114,8 @@ def prior_run(out: Path, rid: str) -> dict[str, Any] | None:
     """What a run of ``rid`` in ``out`` meets before it trains: its finished record (in ``out`` or in
     another job folder of its sweep: skipped), None (it trains), or ConfigError when ``out`` holds
     another configuration's finished run (refused, the folder kept). ``train`` and the suite's dry
-    pass both ask this, so a dry pass predicts exactly what a launch would do."""
+    pass both ask this, so they agree on skip / train / refuse (a lock held by a live process or an
+    unwritable folder is found only when the run starts)."""
     done = finished_record(out, rid) or finished_in_sweep(out, rid)
     if done is None:
         check_other_run(out, rid)
