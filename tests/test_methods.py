@@ -166,6 +166,23 @@ def test_refuses_bitfit_without_biases():
     get_method("bitfit").from_config({"train_head": True}).check(C.make_ctx("classification", has_bias=True))
 
 
+@pytest.mark.parametrize("body_bias", [False, True])
+def test_bitfit_counts_only_biases_outside_the_head(body_bias):
+    """Biases in the task head alone (a bias-free body) leave BitFit head-only: refused once loaded,
+    where the context could not tell; a body with biases trains them and the head."""
+    model = torch.nn.Sequential()
+    model.add_module("body", torch.nn.Linear(4, 4, bias=body_bias))
+    model.add_module("classifier", torch.nn.Linear(4, 2, bias=True))
+    ctx = C.make_ctx("classification", has_bias=None, head_modules=["classifier"])
+    bitfit = get_method("bitfit").from_config({"train_head": True})
+    if not body_bias:
+        with pytest.raises(ConfigError, match="outside its task head"):
+            bitfit.apply(model, ctx)
+        return
+    trains = {n for n, p in bitfit.apply(model, ctx).named_parameters() if p.requires_grad}
+    assert trains == {"body.bias", "classifier.weight", "classifier.bias"}
+
+
 @pytest.mark.parametrize("name,key", [("houlsby", "attn_out"), ("pfeiffer", "ffn_out"), ("mam", "ffn_in"),
                                       ("ia3", "ia3")])
 def test_refuses_family_without_insertion_point(name, key):
