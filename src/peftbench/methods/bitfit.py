@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from peftbench.errors import ConfigError
-from peftbench.methods.base import ApplyContext, Method, freeze, unfreeze_modules
+from peftbench.methods.base import ApplyContext, Method, freeze, matching_modules, unfreeze_modules
 from peftbench.methods.registry import register_method
 
 
@@ -36,19 +36,15 @@ class BitFit(Method):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> nn.Module:
         freeze(model)
+        head = tuple(m + "." for m in matching_modules(model, ctx.head_modules))  # unfreeze_modules' rule
         body = 0  # bias weights outside the task head: a head's own bias does not make BitFit BitFit
         for name, p in model.named_parameters():
             if name.endswith(".bias") or name == "bias":
                 p.requires_grad_(True)
-                body += 0 if _in_modules(name, ctx.head_modules) else p.numel()
+                body += 0 if name.startswith(head) else p.numel()
         if self.train_head and ctx.task == "classification":
             unfreeze_modules(model, ctx.head_modules)
         if body == 0:  # a context that could not tell (has_bias None), or biases in the head only
             raise ConfigError("the model has no bias terms to train outside its task head (BitFit would be "
                               "head-only or nothing: method=head_only)", option="method")
         return model
-
-
-def _in_modules(param: str, modules: list[str]) -> bool:
-    """``param`` belongs to one of ``modules`` (suffix names, the rule of ``unfreeze_modules``)."""
-    return any(param.startswith(m + ".") or f".{m}." in f".{param}" for m in modules)
