@@ -82,6 +82,20 @@ def test_ddp_two_processes(tmp_path, method, extra):
 
 
 @pytest.mark.timeout(900)
+def test_ddp_length_grouped_epoch_is_split_over_ranks(tmp_path):
+    """Length-grouped batches under DDP: Lightning cannot inject a DistributedSampler into a batch
+    sampler, so it splits each epoch over the ranks itself; one epoch of 96 rows is then 6 steps
+    of 2 × 8 (12 if every rank ran the whole epoch)."""
+    out = tmp_path / "run"
+    args = [a for a in DDP if not a.startswith("trainer.max_steps")]
+    _run([*args, "method=lora", "dataset.group_by_length=true", "trainer.max_epochs=1", f"hydra.run.dir={out}"],
+         cwd=tmp_path)
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["budget"]["optimizer_steps"] == 6
+    _check(rec, "lora")
+
+
+@pytest.mark.timeout(900)
 def test_local_multirun_of_ddp_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     _run(["-m", *DDP, "method=lora,bitfit", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)

@@ -106,6 +106,27 @@ def test_length_grouping_resumes_where_a_checkpoint_stopped():
     assert fresh.resume_at(0, len(fresh)) == (1, 0) and list(fresh) == epochs[1]
 
 
+@pytest.mark.parametrize("n", [100, 104, 8])
+def test_length_grouping_shards_an_epoch_over_ranks(n):
+    """Under DDP each rank takes every world-th batch of the same epoch: together they cover the
+    single-process epoch, every rank the same number of batches (the short one padded with the
+    epoch's first batches), and a rank resumes inside its own share."""
+    lengths = torch.randint(3, 64, (n,), generator=torch.Generator().manual_seed(1)).tolist()
+    make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+    whole = list(make())
+    ranks = [make() for _ in range(3)]
+    for r, s in enumerate(ranks):
+        s.set_shard(r, 3)
+    shares = [list(s) for s in ranks]
+    assert [len(x) for x in shares] == [len(s) for s in ranks] == [-(-len(whole) // 3)] * 3
+    dealt = [b for k in range(len(shares[0])) for b in (x[k] for x in shares)]
+    assert dealt[:len(whole)] == whole and all(b in whole[:3] for b in dealt[len(whole):])
+    again = make()
+    again.set_shard(1, 3)
+    k = len(again) - 1
+    assert again.resume_at(0, k) == (0, k) and list(again) == shares[1][k:]
+
+
 def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
     """The same model evaluated with padding to 64 and with dynamic padding: same loss, same acc."""
     import lightning as L

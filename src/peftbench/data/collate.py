@@ -55,11 +55,20 @@ class PadCollator:
 class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffle, sort within buckets of ``bucket_batches`` batches by length, then shuffle the
     batches: padding shrinks while training order stays random (re-drawn every epoch from
-    ``seed + epoch``). Resumable like ``run.resume.ResumableRandomSampler`` (``resume_at``)."""
+    ``seed + epoch``). Resumable like ``run.resume.ResumableRandomSampler`` (``resume_at``).
+    Under DDP it splits each epoch's batches over the ranks itself (``set_shard``): Lightning
+    cannot inject a DistributedSampler into a batch sampler it did not build."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50, drop_last: bool = False):
         self.lengths, self.bs, self.seed, self.bucket, self.drop_last = lengths, batch_size, seed, bucket_batches, drop_last
         self.epoch, self.skip = 0, 0
+        self.rank, self.world = 0, 1
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Iterate only rank ``rank``'s share of ``world``: every rank draws the same epoch and
+        takes every ``world``-th batch (the list padded with its first batches, so every rank
+        runs the same number of steps, as DDP requires)."""
+        self.rank, self.world = int(rank), int(world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,6 +93,10 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.bs]
         rng.shuffle(batches)
+        if self.world > 1:
+            n = len(batches)
+            batches += [batches[i % n] for i in range(-n % self.world)]
+            batches = batches[self.rank::self.world]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -93,4 +106,5 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         n = len(self.lengths)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
+        batches = n // self.bs if self.drop_last else -(-n // self.bs)
+        return (batches + self.world - 1) // self.world

@@ -41,6 +41,17 @@ class DivergenceCallback(L.Callback):
             raise Diverged(f"loss became {self.first_bad.item()} by step {trainer.global_step}")
 
 
+class ShardBatches(L.Callback):
+    """Tell a self-sharding batch sampler (length grouping) its rank once the ranks exist; the
+    Trainer then runs with ``use_distributed_sampler=False`` for it."""
+
+    def __init__(self, batch_sampler) -> None:
+        self.batch_sampler = batch_sampler
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.batch_sampler.set_shard(trainer.global_rank, trainer.world_size)
+
+
 class FirstStepTimer(L.Callback):
     """Seconds from the start of the run to the end of the first optimizer step."""
 

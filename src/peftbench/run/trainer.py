@@ -95,7 +95,7 @@ def make_trainer(plan: Plan, lit: Any, train_loader: Any, strategy: Any, loggers
     from peftbench.measure import memory as mem
     from peftbench.measure import throughput as tp
     from peftbench.run import resume
-    from peftbench.run.callbacks import DivergenceCallback, FirstStepTimer, KeepFreedMemory
+    from peftbench.run.callbacks import DivergenceCallback, FirstStepTimer, KeepFreedMemory, ShardBatches
     from peftbench.run.progress import progress_callbacks
 
     cfg, out, budget = plan.cfg, plan.out, plan.budget
@@ -116,6 +116,9 @@ def make_trainer(plan: Plan, lit: Any, train_loader: Any, strategy: Any, loggers
     loader = resume.resumable_loader(train_loader, plan.seed)
     ckpt_cb = resume.make_checkpoint_callback(OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True),
                                               out, plan.run_id, loader)
+    if budget.world_size > 1 and hasattr(loader.batch_sampler, "set_shard"):  # Lightning cannot shard it
+        callbacks.append(ShardBatches(loader.batch_sampler))
+        tkw["use_distributed_sampler"] = False
     ckpt_path = None
     if ckpt_cb is not None:
         callbacks.append(ckpt_cb)
