@@ -3,6 +3,8 @@ loss masks and attention right, and padded vs unpadded evaluation gives the same
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -106,25 +108,58 @@ def test_length_grouping_resumes_where_a_checkpoint_stopped():
     assert fresh.resume_at(0, len(fresh)) == (1, 0) and list(fresh) == epochs[1]
 
 
-@pytest.mark.parametrize("n", [100, 104, 8])
+@pytest.mark.parametrize("n", [100, 104, 20])
 def test_length_grouping_shards_an_epoch_over_ranks(n):
-    """Under DDP each rank takes every world-th batch of the same epoch: together they cover the
-    single-process epoch, every rank the same number of batches (the short one padded with the
-    epoch's first batches), and a rank resumes inside its own share."""
+    """Under DDP each rank takes every world-th batch of the same epoch, epoch after epoch: together
+    they cover the single-process epoch, every rank the same number of batches (the short one
+    padded with the epoch's first batches)."""
     lengths = torch.randint(3, 64, (n,), generator=torch.Generator().manual_seed(1)).tolist()
     make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
-    whole = list(make())
+    single = make()
     ranks = [make() for _ in range(3)]
     for r, s in enumerate(ranks):
         s.set_shard(r, 3)
-    shares = [list(s) for s in ranks]
-    assert [len(x) for x in shares] == [len(s) for s in ranks] == [-(-len(whole) // 3)] * 3
-    dealt = [b for k in range(len(shares[0])) for b in (x[k] for x in shares)]
-    assert dealt[:len(whole)] == whole and all(b in whole[:3] for b in dealt[len(whole):])
-    again = make()
-    again.set_shard(1, 3)
-    k = len(again) - 1
-    assert again.resume_at(0, k) == (0, k) and list(again) == shares[1][k:]
+    for _ in range(2):
+        whole, shares = list(single), [list(s) for s in ranks]
+        assert [len(x) for x in shares] == [len(s) for s in ranks] == [-(-len(whole) // 3)] * 3
+        dealt = [b for k in range(len(shares[0])) for b in (x[k] for x in shares)]
+        assert dealt[:len(whole)] == whole and all(b in whole[:3] for b in dealt[len(whole):])
+
+
+def test_a_sharded_length_grouped_run_resumes_inside_its_rank_share():
+    """A DDP rank's checkpoint counts its own batches; the resumed rank continues its share of
+    that epoch (a plain sampler under DDP restarts the epoch: Lightning re-wraps it)."""
+    from types import SimpleNamespace
+
+    from peftbench.run.resume import TrainableCheckpoint
+
+    lengths = torch.randint(3, 64, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+    run = make()
+    run.set_shard(1, 2)
+    epochs = [list(run) for _ in range(2)]
+    resumed = make()
+    resumed.set_shard(1, 2)
+    cb = TrainableCheckpoint(Path("unused"), 10, "rid", resumed)
+    cb.on_load_checkpoint(SimpleNamespace(world_size=2), None,
+                          {"global_step": 9, "peftbench": {"epoch": 1, "epoch_batches_done": 2}})
+    assert list(resumed) == epochs[1][2:]
+
+
+def test_evaluation_loaders_split_themselves_over_ranks():
+    """With more than one rank the evaluation loaders carry their own distributed sampler (Lightning
+    injects none when length grouping turns that off): unpadded under DDP, padded otherwise."""
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    from peftbench.run.predictions import eval_loader
+
+    loader = torch.utils.data.DataLoader(list(range(7)), batch_size=2)
+    rows = lambda shard: [int(i) for b in eval_loader(loader, row_ids=False, shard=shard) for i in b]
+    assert isinstance(eval_loader(loader, row_ids=False, shard=(0, 2, True)).sampler, UnrepeatedDistributedSampler)
+    assert sorted(rows((0, 2, True)) + rows((1, 2, True))) == list(range(7))
+    padded = rows((0, 2, False)) + rows((1, 2, False))
+    assert len(padded) == 8 and set(padded) == set(range(7))
+    assert rows(None) == list(range(7))
 
 
 def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
@@ -189,7 +224,6 @@ def test_throughput_totals_count_timed_tokens_and_attention_pairs():
 
 def _padding_driver():
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "padding_sst2" / "driver.py"
     spec = importlib.util.spec_from_file_location("padding_driver", path)

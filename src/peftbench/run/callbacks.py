@@ -42,8 +42,10 @@ class DivergenceCallback(L.Callback):
 
 
 class ShardBatches(L.Callback):
-    """Tell a self-sharding batch sampler (length grouping) its rank once the ranks exist; the
-    Trainer then runs with ``use_distributed_sampler=False`` for it."""
+    """Tell a self-sharding batch sampler (length grouping) its rank once the ranks exist (before a
+    checkpoint is restored); the Trainer then runs with ``use_distributed_sampler=False``, and the
+    evaluation loaders split themselves (``predictions.eval_shard``) — except the convergence
+    curve's capped subset, which every rank then scores whole (same values, world × the work)."""
 
     def __init__(self, batch_sampler) -> None:
         self.batch_sampler = batch_sampler

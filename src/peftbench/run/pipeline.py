@@ -202,7 +202,7 @@ def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "", row_ids: bool = 
     from peftbench.run.predictions import eval_loader, eval_shard
 
     metrics: dict[str, float] = {}
-    shard = eval_shard(trainer)  # under DDP: each example scored once, in the metrics too
+    shard = eval_shard(trainer)  # split over the ranks; under DDP each example scored once, in the metrics too
     for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), row_ids=row_ids, shard=shard), verbose=False):
         metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     if "test" in dm.splits:

@@ -48,25 +48,31 @@ class WithRowIds:
         return batch
 
 
-def eval_shard(trainer: Any) -> tuple[int, int] | None:
-    """(rank, world size) when each DDP rank may score its own share of the split, unpadded: DDP's
+def eval_shard(trainer: Any) -> tuple[int, int, bool] | None:
+    """(rank, world size, unpadded) with more than one rank: the evaluation loaders carry their own
+    distributed sampler, so they are split over the ranks even where Lightning injects none
+    (``use_distributed_sampler=False``, set for length-grouped training). Unpadded under DDP: its
     evaluation forward (no grad) syncs nothing per batch, so ranks may run one batch more or less.
-    Not FSDP/DeepSpeed (every forward gathers weights): Lightning's padded sampler stays, and a
-    few rows are scored twice in the metrics (the predictions file keeps each row once)."""
+    Padded under FSDP/DeepSpeed (every forward gathers weights): a few rows are scored twice in the
+    metrics (the predictions file keeps each row once)."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    if trainer.world_size > 1 and isinstance(trainer.strategy, DDPStrategy):
-        return int(trainer.global_rank), int(trainer.world_size)
+    if trainer.world_size > 1:
+        return int(trainer.global_rank), int(trainer.world_size), isinstance(trainer.strategy, DDPStrategy)
     return None
 
 
 def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, row_ids: bool = True,
-                generator: torch.Generator | None = None, shard: tuple[int, int] | None = None) -> torch.utils.data.DataLoader:
+                generator: torch.Generator | None = None,
+                shard: tuple[int, int, bool] | None = None) -> torch.utils.data.DataLoader:
     """The same evaluation loader (batch size, collation, workers, order), its batches carrying row
     ids unless ``row_ids=False``; ``limit``: only the split's first rows. ``generator`` replaces the
     loader's: an iterator over a loader without one draws its base seed from the global RNG.
-    ``shard`` (rank, world): this rank's rows, every row on exactly one rank (eval_shard)."""
+    ``shard`` (rank, world, unpadded): this rank's rows (eval_shard); unpadded, every row on
+    exactly one rank, unless the split has fewer rows than ranks (DDP's first eval forward syncs
+    buffers: every rank needs a batch)."""
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DistributedSampler
 
     if row_ids:
         data, collate = IndexedRows(loader.dataset, limit), WithRowIds(loader.collate_fn)
@@ -74,8 +80,10 @@ def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, r
         n = len(loader.dataset) if limit is None else min(int(limit), len(loader.dataset))
         data, collate = torch.utils.data.Subset(loader.dataset, range(n)), loader.collate_fn
     sampler = None
-    if shard is not None and len(data) >= shard[1]:  # every rank needs a batch (DDP's first eval forward syncs buffers)
-        sampler = UnrepeatedDistributedSampler(data, num_replicas=shard[1], rank=shard[0], shuffle=False)
+    if shard is not None:
+        rank, world, unpadded = shard
+        kind = UnrepeatedDistributedSampler if unpadded and len(data) >= world else DistributedSampler
+        sampler = kind(data, num_replicas=world, rank=rank, shuffle=False)
     return torch.utils.data.DataLoader(
         data, batch_size=loader.batch_size, shuffle=False, sampler=sampler, collate_fn=collate,
         num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,

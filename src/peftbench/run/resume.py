@@ -127,9 +127,10 @@ class TrainableCheckpoint(ModelCheckpoint):
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
         self._rng_to_restore = state.get("rng")
         done, epoch = int(state.get("epoch_batches_done", 0)), int(state.get("epoch", 0))
-        # Exact position for one process only: under DDP Lightning wraps the sampler in a
-        # DistributedSamplerWrapper that re-shuffles per rank, and the epoch restarts (Lightning warns).
-        if self.sampler is not None and trainer.world_size == 1:
+        # Exact position for one process, and for a batch sampler that splits epochs over the ranks
+        # itself (length grouping; `done` counts this rank's batches). Otherwise, under DDP, Lightning
+        # wraps the sampler in a DistributedSamplerWrapper and the epoch restarts (Lightning warns).
+        if self.sampler is not None and getattr(self.sampler, "world", 1) == trainer.world_size:
             epoch, done = self.sampler.resume_at(epoch, done, self.batch_size)
         log.warning("resuming from %s at step %d (epoch %d, batch %d)", self.last_model_path or "checkpoint",
                     self.resumed_from_step, epoch, done)
