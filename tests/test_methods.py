@@ -134,6 +134,30 @@ def test_save_load_merge(name, task, tmp_path):
         assert sum(p.numel() for p in merged.parameters()) == base_numel
 
 
+@pytest.mark.parametrize("name", ["ia3", "vera", "loha", "lokr", "lora"])
+def test_merge_keeps_a_pooled_head(name, compose_run):
+    """A mean-pooled head (PooledHead: no ``weight``; MPNet's) in modules_to_save merges into the
+    same outputs. peft's generic unload rebinds ``.weight`` and failed on it: the first (IA)³ run
+    on MPNet trained 150 steps, then failed while counting changed parameters."""
+    from peftbench.config.plan import make_plan
+    from peftbench.models import load_model, load_tokenizer
+    from peftbench.models.heads import PooledHead
+
+    plan = make_plan(compose_run("model=mpnet", "model_size=tiny", f"method={name}"))
+    model = load_model(plan.spec, plan.task, plan.num_labels, load_tokenizer(plan.spec), {}, init_seed=0)
+    assert isinstance(model.classifier, PooledHead)
+    model = plan.method.apply(model, plan.ctx)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in _trainable(model):
+            p.add_(0.05 * torch.randn_like(p))
+    b = C.batch("classification", seed=5)
+    ref = _logits(model, b)
+    merged = plan.method.merge(model)
+    assert isinstance(merged.classifier, PooledHead)
+    torch.testing.assert_close(_logits(merged, b), ref, rtol=0, atol=1e-4)
+
+
 # ---- (e) refusals ------------------------------------------------------------------------------
 
 

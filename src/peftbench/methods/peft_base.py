@@ -50,4 +50,18 @@ class PeftMethod(Method):
     def merge(self, model: nn.Module) -> nn.Module:
         if not self.supports_merge:
             return super().merge(model)
+        unwrap_weightless_heads(model)
         return model.merge_and_unload()
+
+
+def unwrap_weightless_heads(model: nn.Module) -> None:
+    """Put each ``modules_to_save`` copy without a ``weight`` (our PooledHead) in place of its
+    wrapper, as unloading would: peft's generic ``BaseTuner._replace_module`` rebinds ``.weight``
+    of every unloaded module and fails on one without it (IA3, VeRA, LyCORIS on MPNet's pooled
+    head; huggingface/peft PR #3213). LoRA's own ``_replace_module`` does not need this."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, ModulesToSaveWrapper) and not hasattr(mod.original_module, "weight"):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, mod.modules_to_save[mod.active_adapters[0]])
