@@ -183,10 +183,16 @@ def test_readme_two_file_example_trains_the_head(monkeypatch):
     assert norms and all(p.requires_grad for p in norms)
 
 
-@pytest.mark.parametrize("name", ["prefix_tuning", "prompt_tuning", "lora"])
-def test_mean_pooling_under_peft_methods(name):
-    """Prefix tuning lengthens the mask, not the states; prompt tuning both: the head still pools the text."""
-    spec, tok, _ = _load("minilm")
+@pytest.mark.parametrize("family,name", [("minilm", "prefix_tuning"), ("minilm", "prompt_tuning"), ("minilm", "lora"),
+                                         ("mpnet", "prompt_tuning"), ("mpnet", "lora"), ("mpnet", "ia3")])
+def test_mean_pooling_under_peft_methods(family, name):
+    """Prefix tuning lengthens the mask, not the states; prompt tuning both: the head still pools the
+    text. On MPNet the pooled head is one of peft's ``modules_to_save``: the copy peft trains (and a
+    deep copy of the model, and the merged model) must pool with the mask too — padding never
+    reaches the logits (the copy once averaged over padding)."""
+    import copy
+
+    spec, tok, _ = _load(family)
     ctx = build_context(spec, "classification", LABELS)
     method = get_method(name)()
     method.check(ctx)
@@ -197,6 +203,16 @@ def test_mean_pooling_under_peft_methods(name):
     out.backward()
     head = head_parameters(model, ctx.head_modules)
     assert all(p.grad is not None for p in head.values() if p.requires_grad)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+        models = [model, copy.deepcopy(model)]
+        if method.supports_merge:
+            models.append(method.merge(copy.deepcopy(model)).eval())
+        for m in models:
+            torch.testing.assert_close(m(**_batch(tok, extra_pad=7)).logits, m(**b).logits, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["minilm", "mpnet"])

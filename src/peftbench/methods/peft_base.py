@@ -56,7 +56,7 @@ class PeftMethod(Method):
 
 def unwrap_weightless_heads(model: nn.Module) -> None:
     """Put each ``modules_to_save`` copy without a ``weight`` (our PooledHead) in place of its
-    wrapper, as unloading would: peft's generic ``BaseTuner._replace_module`` rebinds ``.weight``
+    wrapper, as unloading would (peft's own per-wrapper unload): peft's generic ``BaseTuner._replace_module`` rebinds ``.weight``
     of every unloaded module and fails on one without it (IA3, VeRA, LyCORIS on MPNet's pooled
     head; huggingface/peft PR #3213). LoRA's own ``_replace_module`` does not need this."""
     from peft.utils.other import ModulesToSaveWrapper
@@ -64,4 +64,5 @@ def unwrap_weightless_heads(model: nn.Module) -> None:
     for name, mod in list(model.named_modules()):
         if isinstance(mod, ModulesToSaveWrapper) and not hasattr(mod.original_module, "weight"):
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, mod.modules_to_save[mod.active_adapters[0]])
+            setattr(model.get_submodule(parent), child,
+                    mod.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None))

@@ -20,6 +20,7 @@ the [CLS] pooler, which carries little of the sentence, so a frozen body scores 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -32,16 +33,12 @@ POOLINGS = ("cls_pooler", "cls", "mean", "last_token")
 
 class Pool(nn.Module):
     """Parameter-free pooling of ``[batch, seq, hidden]`` states. The attention mask is not passed to
-    a pooler or head by HF's models, so ``capture`` (a pre-hook on the backbone) keeps it for one call."""
+    a pooler or head by HF's models, so ``capture_mask`` (a pre-hook on the backbone) keeps it for one call."""
 
     def __init__(self, how: str):
         super().__init__()
         self.how = how
         self.mask: torch.Tensor | None = None
-
-    def capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        mask = kwargs.get("attention_mask")
-        self.mask = mask if mask is not None or len(args) < 2 else args[1]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         mask, self.mask = self.mask, None
@@ -55,6 +52,17 @@ class Pool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"how={self.how!r}"
+
+
+def capture_mask(model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Hand the backbone's attention mask to every ``Pool`` of ``model``, found at call time: peft's
+    ``modules_to_save`` runs a deep copy of the head made after this hook was registered (a hook
+    bound to the original Pool left the copy averaging over padding)."""
+    mask = kwargs.get("attention_mask")
+    mask = mask if mask is not None or len(args) < 2 else args[1]
+    for m in model.modules():
+        if isinstance(m, Pool):
+            m.mask = mask
 
 
 class PooledHead(nn.Module):
@@ -110,7 +118,7 @@ def install_head(model: nn.Module, pooling: str, head_name: str, seed: int | Non
             new = PooledHead(pool, cfg.hidden_size, cfg.num_labels, float(dropout))
             _keep_linear(getattr(head, "out_proj", None), new.out_proj)
             setattr(model, head_name, new)
-        backbone.register_forward_pre_hook(pool.capture, with_kwargs=True)
+        backbone.register_forward_pre_hook(functools.partial(capture_mask, model), with_kwargs=True)
     if pooling != "cls_pooler" and pooling != "last_token":
         cfg.peftbench_pooling = pooling  # recorded in a saved config.json: HF's own class would read [CLS]
     if seed is not None:
