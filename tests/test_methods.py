@@ -110,14 +110,19 @@ def test_trainable_count(name, task, tmp_path):
         assert trainable == C.EXPECTED_TRAINABLE[name](task, C.hparams_for(name, task, tmp_path))
 
 
+def _perturb(model, seed: int = 3) -> None:
+    """Move the trainable parameters away from their (often identity) initialisation."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in _trainable(model):
+            p.add_(0.05 * torch.randn_like(p))
+
+
 @pytest.mark.parametrize("name,task", CASES)
 def test_save_load_merge(name, task, tmp_path):
     """(d) save → load onto a fresh base gives identical outputs; merge keeps them, adds nothing."""
     method, ctx, model, _ = _apply(name, task, tmp_path)
-    torch.manual_seed(3)
-    with torch.no_grad():  # move away from the (often identity) initialisation
-        for p in _trainable(model):
-            p.add_(0.05 * torch.randn_like(p))
+    _perturb(model)
     b = C.batch(task, seed=5)
     ref = _logits(model, b)
     out = tmp_path / "saved"
@@ -147,10 +152,7 @@ def test_merge_keeps_a_pooled_head(name, compose_run):
     model = load_model(plan.spec, plan.task, plan.num_labels, load_tokenizer(plan.spec), {}, init_seed=0)
     assert isinstance(model.classifier, PooledHead)
     model = plan.method.apply(model, plan.ctx)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in _trainable(model):
-            p.add_(0.05 * torch.randn_like(p))
+    _perturb(model)
     b = C.batch("classification", seed=5)
     ref = _logits(model, b)
     merged = plan.method.merge(model)

@@ -94,12 +94,17 @@ def test_length_grouping_covers_every_example_once_and_cuts_padding():
     assert padded(e0) < 0.8 * padded([rand[k:k + 16] for k in range(0, 400, 16)])
 
 
+def _grouped(n: int, seed: int):
+    """A maker of identical length-grouped samplers (batch 8, buckets of 4) over n random lengths."""
+    lengths = torch.randint(3, 64, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+
+
 def test_length_grouping_resumes_where_a_checkpoint_stopped():
     """A resumed run continues its epoch's batches (not the epoch's start) and its epoch's order
     (Lightning never calls set_epoch on a batch sampler); a save on an epoch's last batch goes on
     with the next epoch."""
-    lengths = torch.randint(3, 64, (100,), generator=torch.Generator().manual_seed(0)).tolist()
-    make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+    make = _grouped(100, seed=0)
     run = make()
     epochs = [list(run) for _ in range(3)]
     fresh = make()
@@ -113,8 +118,7 @@ def test_length_grouping_shards_an_epoch_over_ranks(n):
     """Under DDP each rank takes every world-th batch of the same epoch, epoch after epoch: together
     they cover the single-process epoch, every rank the same number of batches (the short one
     padded with the epoch's first batches)."""
-    lengths = torch.randint(3, 64, (n,), generator=torch.Generator().manual_seed(1)).tolist()
-    make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+    make = _grouped(n, seed=1)
     single = make()
     ranks = [make() for _ in range(3)]
     for r, s in enumerate(ranks):
@@ -133,8 +137,7 @@ def test_a_sharded_length_grouped_run_resumes_inside_its_rank_share():
 
     from peftbench.run.resume import TrainableCheckpoint
 
-    lengths = torch.randint(3, 64, (100,), generator=torch.Generator().manual_seed(0)).tolist()
-    make = lambda: LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, bucket_batches=4)
+    make = _grouped(100, seed=0)
     run = make()
     run.set_shard(1, 2)
     epochs = [list(run) for _ in range(2)]

@@ -16,7 +16,7 @@ from typing import Any
 
 from peftbench.errors import ConfigError
 from peftbench.methods.base import ApplyContext, resolve_targets
-from peftbench.methods.peft_base import PeftMethod, unwrap_weightless_heads
+from peftbench.methods.peft_base import PeftMethod, merge_and_unload
 from peftbench.methods.registry import register_method
 
 
@@ -77,5 +77,4 @@ class PeftGeneric(PeftMethod):
     def merge(self, model):
         if not hasattr(model, "merge_and_unload"):
             return super().merge(model)
-        unwrap_weightless_heads(model)
-        return model.merge_and_unload()
+        return merge_and_unload(model)

@@ -50,15 +50,14 @@ class PeftMethod(Method):
     def merge(self, model: nn.Module) -> nn.Module:
         if not self.supports_merge:
             return super().merge(model)
-        unwrap_weightless_heads(model)
-        return model.merge_and_unload()
+        return merge_and_unload(model)
 
 
-def unwrap_weightless_heads(model: nn.Module) -> None:
-    """Put each ``modules_to_save`` copy without a ``weight`` (our PooledHead) in place of its
-    wrapper, as unloading would (peft's own per-wrapper unload): peft's generic ``BaseTuner._replace_module`` rebinds ``.weight``
-    of every unloaded module and fails on one without it (IA3, VeRA, LyCORIS on MPNet's pooled
-    head; huggingface/peft PR #3213). LoRA's own ``_replace_module`` does not need this."""
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """peft's ``merge_and_unload``, first putting each ``modules_to_save`` copy without a ``weight``
+    (our PooledHead) in place of its wrapper with peft's own per-wrapper unload: peft's generic
+    ``BaseTuner._replace_module`` rebinds ``.weight`` of every unloaded module and fails on one
+    without it (IA3, VeRA, LyCORIS on MPNet's pooled head; huggingface/peft PR #3213)."""
     from peft.utils.other import ModulesToSaveWrapper
 
     for name, mod in list(model.named_modules()):
@@ -66,3 +65,4 @@ def unwrap_weightless_heads(model: nn.Module) -> None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child,
                     mod.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None))
+    return model.merge_and_unload()

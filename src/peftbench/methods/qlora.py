@@ -31,6 +31,7 @@ from torch import nn
 from peftbench.errors import ConfigError
 from peftbench.methods.base import ApplyContext, Method, require_positive
 from peftbench.methods.lora import LoRA
+from peftbench.methods.peft_base import merge_and_unload
 from peftbench.methods.registry import register_method
 
 
@@ -162,7 +163,7 @@ class QLoRA(LoRA):
             base.is_loaded_in_4bit = False
         plain = get_peft_model(base, cfg)
         set_peft_model_state_dict(plain, state)
-        return plain.merge_and_unload()
+        return merge_and_unload(plain)
 
     def peft_config(self, ctx: ApplyContext) -> Any:
         cfg = super().peft_config(ctx)
