@@ -165,35 +165,75 @@ def test_evaluation_loaders_split_themselves_over_ranks():
     assert rows(None) == list(range(7))
 
 
-def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
-    """The same model evaluated with padding to 64 and with dynamic padding: same loss, same acc."""
-    import lightning as L
+def _tiny_bert_eval(compose_run):
+    """A tiny BERT classifier and a maker of its SST-2 data module (96 validation rows) with the
+    dataset options given."""
     from omegaconf import OmegaConf
 
     from peftbench.config.plan import make_plan
     from peftbench.data.datamodule import TaskDataModule
-    from peftbench.lit import PeftLitModule
-    from peftbench.lit.tasks import make_task
     from peftbench.models import load_model, load_tokenizer
 
     cfg = compose_run("model=bert", "model_size=tiny", "method=lora", "dataset.val_limit=96")
     plan = make_plan(cfg)
     tok = load_tokenizer(plan.spec)
     model = load_model(plan.spec, plan.task, plan.num_labels, tok, {}, init_seed=0).eval()
-    out = {}
-    for padding in ("max_length", "dynamic"):
-        ds = {**OmegaConf.to_container(cfg.dataset, resolve=True), "padding": padding}
+
+    def datamodule(**options):
+        ds = {**OmegaConf.to_container(cfg.dataset, resolve=True), **options}
         dm = TaskDataModule(ds, None, batch_size=8, eval_batch_size=32, examples=plan.examples,
                             cache_dir=cfg.paths.cache_dir + "/tokenized")
         dm.set_tokenizer(tok)
         dm.setup("fit")
+        return dm
+
+    return model, datamodule
+
+
+def _validate(model, loader):
+    """(metrics, per-example records) of one validation pass over ``loader``."""
+    import lightning as L
+
+    from peftbench.lit import PeftLitModule
+    from peftbench.lit.tasks import make_task
+
+    lit = PeftLitModule(model, make_task("classification", 2), {"name": "adamw", "lr": 1e-3})
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    return trainer.validate(lit, dataloaders=loader, verbose=False)[0], lit.examples.get("val")
+
+
+def test_padded_and_unpadded_evaluation_give_identical_metrics(compose_run):
+    """The same model evaluated with padding to 64 and with dynamic padding: same loss, same acc."""
+    model, datamodule = _tiny_bert_eval(compose_run)
+    out = {}
+    for padding in ("max_length", "dynamic"):
+        dm = datamodule(padding=padding)
         width = next(iter(dm.val_dataloader()))["input_ids"].shape[1]
         assert (width == 64) == (padding == "max_length")
-        lit = PeftLitModule(model, make_task("classification", 2), {"name": "adamw", "lr": 1e-3})
-        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-        out[padding] = trainer.validate(lit, dataloaders=dm.val_dataloader(), verbose=False)[0]
+        out[padding] = _validate(model, dm.val_dataloader())[0]
     assert out["max_length"]["val/loss"] == pytest.approx(out["dynamic"]["val/loss"], abs=1e-5)
     assert out["max_length"]["val/acc"] == out["dynamic"]["val/acc"]
+
+
+def test_length_sorted_evaluation_pads_less_and_changes_no_record(compose_run):
+    """``dataset.group_by_length``: evaluation batches sorted by length (longest first) pad less,
+    and give the metrics and the per-example records (stored by row id) of the split's own order;
+    split over ranks, each row is scored once."""
+    from peftbench.run.predictions import eval_loader
+
+    model, datamodule = _tiny_bert_eval(compose_run)
+    dm = datamodule(group_by_length=True)
+    assert dm.groups_by_length
+    loaders = {s: eval_loader(dm.val_dataloader(), row_ids=True, by_length=s) for s in (False, True)}
+    width = {s: [b["input_ids"].shape[1] for b in loaders[s]] for s in loaders}
+    assert width[True] == sorted(width[True], reverse=True)
+    assert sum(width[True]) < sum(width[False])  # same batch count (32 rows), narrower batches
+    (m0, rows0), (m1, rows1) = _validate(model, loaders[False]), _validate(model, loaders[True])
+    assert m1["val/acc"] == m0["val/acc"] and m1["val/loss"] == pytest.approx(m0["val/loss"], abs=1e-5)
+    assert rows1 == rows0 and rows0["ids"] == list(range(96))  # label and prediction of each row
+    shards = [[int(i) for b in eval_loader(dm.val_dataloader(), row_ids=True, by_length=True, shard=(r, 2, True))
+               for i in b["row_ids"]] for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(96))
 
 
 def test_throughput_totals_count_timed_tokens_and_attention_pairs():

@@ -1,5 +1,5 @@
 """Collation: dynamic padding (to the batch's longest, rounded up to a multiple of 8) by default,
-and length-grouped batching for classification."""
+and length-grouped batching for classification (training: shuffled buckets; evaluation: sorted)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,19 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         n = len(self.lengths)
         batches = n // self.bs if self.drop_last else -(-n // self.bs)
         return (batches + self.world - 1) // self.world
+
+
+class LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
+    """Evaluation batches of the given indices, longest first, so a batch pads little: the order of
+    evaluation changes no metric, and each example's record is stored by its row id, not its place
+    (run/predictions.py). Longest first: a batch too large for memory fails at once."""
+
+    def __init__(self, indices: list[int], lengths: list[int], batch_size: int) -> None:
+        order = sorted(indices, key=lambda i: (-lengths[i], i))
+        self.batches = [order[k: k + batch_size] for k in range(0, len(order), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

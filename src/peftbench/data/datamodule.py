@@ -59,11 +59,16 @@ class TaskDataModule(L.LightningDataModule):
             "name": self.ds["name"], "task": self.task,
             "sources": {k: v.source for k, v in self.examples.items()},
             "sizes": {k: len(v) for k, v in self.examples.items()},
-            "padding": self.ds.get("padding", "dynamic"), "group_by_length": bool(self.ds.get("group_by_length")),
+            "padding": self.ds.get("padding", "dynamic"), "group_by_length": self.groups_by_length,
             "max_length": self.ds.get("max_length"), "setup_seconds": self.setup_seconds,
             "packing": self.packing,
             "packed_train_rows": len(self.splits["train"]) if self.packing and "train" in self.splits else None,
         }
+
+    @property
+    def groups_by_length(self) -> bool:
+        """``dataset.group_by_length``: training draws length-grouped batches, evaluation sorts by length."""
+        return bool(self.ds.get("group_by_length"))
 
     def collator(self) -> Any:
         if self.ds.get("generator"):  # feature vectors: stacked as they are
@@ -85,7 +90,7 @@ class TaskDataModule(L.LightningDataModule):
             collate = self.packed_collator = PackedCollator(collate.pad_id)
         common = dict(collate_fn=collate, num_workers=self.num_workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
-        if train and self.ds.get("group_by_length"):
+        if train and self.groups_by_length:
             lengths = [len(x) for x in data["input_ids"]]
             return torch.utils.data.DataLoader(data, batch_sampler=LengthGroupedBatchSampler(lengths, self.batch_size, self.seed), **common)
         g = torch.Generator().manual_seed(self.seed)

@@ -179,7 +179,8 @@ def curve_loader(plan: Plan, dm: Any) -> Any:
     m = plan.cfg.measure
     if not int(m.get("curve_points") or 0):
         return None
-    return eval_loader(dm.val_dataloader(), limit=int(m.curve_max_examples), row_ids=False, generator=torch.Generator())
+    return eval_loader(dm.val_dataloader(), limit=int(m.curve_max_examples), row_ids=False, generator=torch.Generator(),
+                       by_length=dm.groups_by_length)
 
 
 def close_curve(trainer: Any, lit: Any, parts: Any) -> None:
@@ -203,11 +204,11 @@ def evaluate(trainer: Any, lit: Any, dm: Any, suffix: str = "", row_ids: bool = 
 
     metrics: dict[str, float] = {}
     shard = eval_shard(trainer)  # split over the ranks; under DDP each example scored once, in the metrics too
-    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), row_ids=row_ids, shard=shard), verbose=False):
+    kw = dict(row_ids=row_ids, shard=shard, by_length=dm.groups_by_length)
+    for r in trainer.validate(lit, dataloaders=eval_loader(dm.val_dataloader(), **kw), verbose=False):
         metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     if "test" in dm.splits:
-        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader(), row_ids=row_ids, shard=shard),
-                              verbose=False):
+        for r in trainer.test(lit, dataloaders=eval_loader(dm.test_dataloader(), **kw), verbose=False):
             metrics.update({f"{k}{suffix}": float(v) for k, v in r.items()})
     return metrics
 

@@ -64,13 +64,14 @@ def eval_shard(trainer: Any) -> tuple[int, int, bool] | None:
 
 def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, row_ids: bool = True,
                 generator: torch.Generator | None = None,
-                shard: tuple[int, int, bool] | None = None) -> torch.utils.data.DataLoader:
+                shard: tuple[int, int, bool] | None = None, by_length: bool = False) -> torch.utils.data.DataLoader:
     """The same evaluation loader (batch size, collation, workers, order), its batches carrying row
     ids unless ``row_ids=False``; ``limit``: only the split's first rows. ``generator`` replaces the
     loader's: an iterator over a loader without one draws its base seed from the global RNG.
     ``shard`` (rank, world, unpadded): this rank's rows (eval_shard); unpadded, every row on
     exactly one rank, unless the split has fewer rows than ranks (DDP's first eval forward syncs
-    buffers: every rank needs a batch)."""
+    buffers: every rank needs a batch). ``by_length`` (``dataset.group_by_length``): this rank's
+    rows in batches sorted by length, which pad little."""
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
     from torch.utils.data import DistributedSampler
 
@@ -84,10 +85,17 @@ def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, r
         rank, world, unpadded = shard
         kind = UnrepeatedDistributedSampler if unpadded and len(data) >= world else DistributedSampler
         sampler = kind(data, num_replicas=world, rank=rank, shuffle=False)
-    return torch.utils.data.DataLoader(
-        data, batch_size=loader.batch_size, shuffle=False, sampler=sampler, collate_fn=collate,
-        num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
-        generator=generator if generator is not None else loader.generator)
+    common = dict(collate_fn=collate, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                  persistent_workers=loader.persistent_workers,
+                  generator=generator if generator is not None else loader.generator)
+    if by_length:
+        from peftbench.data.collate import LengthSortedBatches
+
+        lengths = [len(x) for x in loader.dataset["input_ids"]]
+        indices = list(sampler) if sampler is not None else list(range(len(data)))
+        return torch.utils.data.DataLoader(data, batch_sampler=LengthSortedBatches(indices, lengths, loader.batch_size),
+                                           **common)
+    return torch.utils.data.DataLoader(data, batch_size=loader.batch_size, shuffle=False, sampler=sampler, **common)
 
 
 def _compact(values: list[Any]) -> list[Any]:
