@@ -59,10 +59,9 @@ def _check(rec: dict, method: str) -> None:
     assert rec["metrics"].get("val/acc") is not None and rec["metrics"].get("val/loss") is not None
     s = rec["speed"]
     assert s["steps_measured"] >= 1 and s["train_samples_per_s"] > 0
-    # global throughput: samples of both ranks over the wall time of a step, so about twice
-    # what one rank's batch size over its own step time gives
-    per_rank = BS / s["step_time_median_s"]
-    assert s["train_samples_per_s"] > 1.3 * per_rank, (s["train_samples_per_s"], per_rank)
+    # global throughput: both ranks' samples of the timed steps over the slower rank's time
+    # (exact, unlike a ratio to the median step time, which other load on the cores can skew)
+    assert s["train_samples_per_s"] * s["train_time_s"] == pytest.approx(2 * BS * s["steps_measured"])
     _check_eval_records(rec)
 
 
