@@ -184,12 +184,16 @@ def test_readme_two_file_example_trains_the_head(monkeypatch):
 
 
 @pytest.mark.parametrize("family,name", [("minilm", "prefix_tuning"), ("minilm", "prompt_tuning"), ("minilm", "lora"),
-                                         ("mpnet", "prompt_tuning"), ("mpnet", "lora"), ("mpnet", "ia3")])
-def test_mean_pooling_under_peft_methods(family, name):
+                                         ("mpnet", "prompt_tuning"), ("mpnet", "lora"), ("mpnet", "ia3"),
+                                         ("llama", "prompt_tuning"), ("llama", "p_tuning"), ("llama", "prefix_tuning"),
+                                         ("gpt2", "prompt_tuning"), ("llama", "lora")])
+def test_pooling_under_peft_methods_ignores_padding(family, name):
     """Prefix tuning lengthens the mask, not the states; prompt tuning both: the head still pools the
     text. On MPNet the pooled head is one of peft's ``modules_to_save``: the copy peft trains (and a
     deep copy of the model, and the merged model) must pool with the mask too — padding never
-    reaches the logits (the copy once averaged over padding)."""
+    reaches the logits (the copy once averaged over padding). Decoders: prompt tuning and P-Tuning
+    hand the model ``inputs_embeds``, where HF's head cannot find the last real token and read the
+    last position, padding on a right-padded row."""
     import copy
 
     spec, tok, _ = _load(family)

@@ -5,7 +5,8 @@ checkpoint was trained to produce (the family's ``pooling``).
     cls_pooler    the checkpoint's own pooler (dense + tanh over [CLS])  BERT (pretrained with NSP)
     cls           the first token's hidden state                         RoBERTa
     mean          the mask-weighted mean of the last hidden states      MiniLM, MPNet (sentence embedders)
-    last_token    the last non-padding token's hidden state             decoders (HF's own head)
+    last_token    the last non-padding token's hidden state             decoders (HF's own head; the
+                                                                          mask finds it under soft prompts)
 
 The head itself is ``dropout → Linear(hidden, num_labels)`` everywhere (decoders keep HF's bias-free
 ``score``, which already reads the last token): sizes and families then differ in their body, never
@@ -29,6 +30,7 @@ from torch import nn
 from peftbench.errors import ConfigError
 
 POOLINGS = ("cls_pooler", "cls", "mean", "last_token")
+MASK = "peftbench_mask"  # attribute of a module that reads the attention mask of the current call
 
 
 class Pool(nn.Module):
@@ -38,10 +40,11 @@ class Pool(nn.Module):
     def __init__(self, how: str):
         super().__init__()
         self.how = how
-        self.mask: torch.Tensor | None = None
+        setattr(self, MASK, None)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask, self.mask = self.mask, None
+        mask = getattr(self, MASK)
+        setattr(self, MASK, None)
         if self.how == "cls":
             return hidden[:, 0]
         if mask is None:
@@ -55,14 +58,31 @@ class Pool(nn.Module):
 
 
 def capture_mask(model: nn.Module, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    """Hand the backbone's attention mask to every ``Pool`` of ``model``, found at call time: peft's
-    ``modules_to_save`` runs a deep copy of the head made after this hook was registered (a hook
-    bound to the original Pool left the copy averaging over padding)."""
+    """Hand the backbone's attention mask to every module of ``model`` that reads it (``MASK``: a
+    ``Pool``, a decoder's head), found at call time: peft's ``modules_to_save`` runs a deep copy of
+    the head made after this hook was registered (a hook bound to the original Pool left the copy
+    averaging over padding)."""
     mask = kwargs.get("attention_mask")
     mask = mask if mask is not None or len(args) < 2 else args[1]
     for m in model.modules():
-        if isinstance(m, Pool):
-            m.mask = mask
+        if hasattr(m, MASK):
+            setattr(m, MASK, mask)
+
+
+def last_real_token(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook on a decoder's ``score``: HF pools the position of the last non-pad input id, but
+    given ``inputs_embeds`` (prompt tuning, P-Tuning: peft prepends the virtual tokens as embeddings)
+    it reads the last position, padding in a right-padded row. Writing the last real token's logits
+    there makes both read the same token (a plain function: deep copies of the head keep it)."""
+    mask = getattr(module, MASK, None)
+    setattr(module, MASK, None)
+    if mask is None or output.dim() != 3:
+        return None
+    m = mask[:, -output.shape[1]:].bool()  # prefix tuning's mask also covers its virtual tokens
+    last = (torch.arange(m.shape[1], device=m.device) * m).argmax(-1)
+    out = output.clone()
+    out[:, -1] = output[torch.arange(output.shape[0], device=output.device), last]
+    return out
 
 
 class PooledHead(nn.Module):
@@ -118,6 +138,10 @@ def install_head(model: nn.Module, pooling: str, head_name: str, seed: int | Non
             new = PooledHead(pool, cfg.hidden_size, cfg.num_labels, float(dropout))
             _keep_linear(getattr(head, "out_proj", None), new.out_proj)
             setattr(model, head_name, new)
+    if pooling == "last_token":
+        setattr(head, MASK, None)
+        head.register_forward_hook(last_real_token)
+    if pooling in ("cls", "mean", "last_token"):
         backbone.register_forward_pre_hook(functools.partial(capture_mask, model), with_kwargs=True)
     if pooling != "cls_pooler" and pooling != "last_token":
         cfg.peftbench_pooling = pooling  # recorded in a saved config.json: HF's own class would read [CLS]
