@@ -236,6 +236,44 @@ def test_length_sorted_evaluation_pads_less_and_changes_no_record(compose_run):
     assert sorted(shards[0] + shards[1]) == list(range(96))
 
 
+@pytest.mark.parametrize("option,value,refused", [("trainer.limit_val_batches", 2, True),
+                                                  ("+trainer.limit_test_batches", 0.5, True),
+                                                  ("trainer.limit_val_batches", 1.0, False)])
+def test_batch_limits_with_length_sorted_evaluation_are_refused(compose_run, option, value, refused):
+    """Sorted evaluation batches: a batch limit would score the longest rows only (1.0 = all rows)."""
+    from peftbench.config.plan import check_eval_limits
+    from peftbench.errors import ConfigError
+
+    cfg = compose_run(f"{option}={value}", "dataset.group_by_length=true")
+    if not refused:
+        check_eval_limits(cfg)
+        return
+    with pytest.raises(ConfigError, match="longest rows") as e:
+        check_eval_limits(cfg)
+    assert e.value.option == option.lstrip("+")
+    check_eval_limits(compose_run(f"{option}={value}"))  # unsorted evaluation: the user's limit stands
+
+
+def test_an_empty_text_is_refused_at_tokenization(tmp_path):
+    """A decoder's tokenizer adds no token to an empty text: a row with nothing to classify (a batch
+    of only such rows, which sorted evaluation gathers, has width 0) is refused, naming the row."""
+    from omegaconf import OmegaConf
+
+    from peftbench.config.paths import conf_dir
+    from peftbench.data.examples import SplitExamples
+    from peftbench.data.tokenize import tokenize_split
+    from peftbench.errors import DataError
+    from peftbench.models import load_tokenizer, resolve_spec
+
+    tok = load_tokenizer(resolve_spec(OmegaConf.load(conf_dir() / "model" / "llama.yaml"), "tiny"))
+    ds = {"name": "texts", "task": "classification", "max_length": 8}
+    ok = tokenize_split(SplitExamples("train", "x.tsv", {"text": ["a film", "bad"], "label": [1, 0]}), tok, ds, tmp_path)
+    assert len(ok) == 2
+    empty = SplitExamples("validation", "y.tsv", {"text": ["a film", ""], "label": [1, 0]})
+    with pytest.raises(DataError, match=r"y.tsv \(validation\): row 1 tokenizes to no token"):
+        tokenize_split(empty, tok, ds, tmp_path)
+
+
 def test_throughput_totals_count_timed_tokens_and_attention_pairs():
     """The record's timed totals (issue 25): tokens, useful tokens and Σ rows·s² (what dense attention's
     QKᵀ and AV scale with) over the optimizer steps past warm-up, from the batch shapes."""

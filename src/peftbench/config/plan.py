@@ -106,6 +106,19 @@ def check_curve_schedule(cfg: DictConfig) -> None:
                 f"or drop {key} to keep the curve", option=key)
 
 
+def check_eval_limits(cfg: DictConfig) -> None:
+    """``dataset.group_by_length`` sorts the evaluation batches by length: a batch limit would score
+    the split's longest rows, not a sample of it."""
+    if not OmegaConf.select(cfg, "dataset.group_by_length"):
+        return
+    for key in ("trainer.limit_val_batches", "trainer.limit_test_batches"):
+        v = OmegaConf.select(cfg, key)
+        if v is not None and not (isinstance(v, float) and v == 1.0):
+            raise ConfigError(f"{key}={v} with dataset.group_by_length=true would evaluate only the longest rows "
+                              "(evaluation batches are sorted by length); use dataset.val_limit / test_limit "
+                              "to evaluate fewer rows", option=key)
+
+
 def check_lengths(cfg: DictConfig, method: Method, ctx: ApplyContext) -> None:
     """Sequence lengths against the model's positions: past them, the position-embedding lookup
     fails with an index error deep inside transformers. Virtual tokens (prompt/prefix methods)
@@ -173,6 +186,7 @@ def make_plan(cfg: DictConfig, out: Path | None = None, load_data: bool = True, 
 
     check_numbers(cfg)
     check_curve_schedule(cfg)
+    check_eval_limits(cfg)
     knobs = check_knobs(cfg)
     budget = plan_budget(cfg)
     spec, method, ctx, task, num_labels = plan_method(cfg)

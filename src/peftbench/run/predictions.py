@@ -64,10 +64,12 @@ def eval_shard(trainer: Any) -> tuple[int, int, bool] | None:
 
 def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, row_ids: bool = True,
                 generator: torch.Generator | None = None,
-                shard: tuple[int, int, bool] | None = None, by_length: bool = False) -> torch.utils.data.DataLoader:
-    """The same evaluation loader (batch size, collation, workers, order), its batches carrying row
-    ids unless ``row_ids=False``; ``limit``: only the split's first rows. ``generator`` replaces the
-    loader's: an iterator over a loader without one draws its base seed from the global RNG.
+                shard: tuple[int, int, bool] | None = None,
+                by_length: bool = False) -> torch.utils.data.DataLoader:
+    """The same evaluation loader (batch size, collation, workers; order unless ``by_length``), its
+    batches carrying row ids unless ``row_ids=False``; ``limit``: only the split's first rows.
+    ``generator`` replaces the loader's: an iterator over a loader without one draws its base seed
+    from the global RNG.
     ``shard`` (rank, world, unpadded): this rank's rows (eval_shard); unpadded, every row on
     exactly one rank, unless the split has fewer rows than ranks (DDP's first eval forward syncs
     buffers: every rank needs a batch). ``by_length`` (``dataset.group_by_length``): this rank's
