@@ -13,6 +13,7 @@ import torch
 from peftbench.data.collate import LengthGroupedBatchSampler, PadCollator
 from peftbench.data.examples import SplitExamples
 from peftbench.data.load import load_examples, tokenize
+from peftbench.data.tokenize import row_lengths
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -91,8 +92,7 @@ class TaskDataModule(L.LightningDataModule):
         common = dict(collate_fn=collate, num_workers=self.num_workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
         if train and self.groups_by_length:
-            lengths = [len(x) for x in data["input_ids"]]
-            return torch.utils.data.DataLoader(data, batch_sampler=LengthGroupedBatchSampler(lengths, self.batch_size, self.seed), **common)
+            return torch.utils.data.DataLoader(data, batch_sampler=LengthGroupedBatchSampler(row_lengths(data), self.batch_size, self.seed), **common)
         g = torch.Generator().manual_seed(self.seed)
         return torch.utils.data.DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size,
                                            shuffle=train, generator=g if train else None, **common)

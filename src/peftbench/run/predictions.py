@@ -92,10 +92,11 @@ def eval_loader(loader: torch.utils.data.DataLoader, limit: int | None = None, r
                   generator=generator if generator is not None else loader.generator)
     if by_length:
         from peftbench.data.collate import LengthSortedBatches
+        from peftbench.data.tokenize import row_lengths
 
-        lengths = [len(x) for x in loader.dataset["input_ids"]]
         indices = list(sampler) if sampler is not None else list(range(len(data)))
-        return torch.utils.data.DataLoader(data, batch_sampler=LengthSortedBatches(indices, lengths, loader.batch_size),
+        batches = LengthSortedBatches(indices, row_lengths(loader.dataset), loader.batch_size)
+        return torch.utils.data.DataLoader(data, batch_sampler=batches,
                                            **common)
     return torch.utils.data.DataLoader(data, batch_size=loader.batch_size, shuffle=False, sampler=sampler, **common)
 
