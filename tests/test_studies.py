@@ -105,6 +105,57 @@ def test_sft_rows_split_into_left_padded_prompts_and_answers():
     assert answers == [[7, 8], [9, 3]]
 
 
+@pytest.mark.parametrize("name,apart", [("prompt_tuning", True), ("p_tuning", True), ("prefix_tuning", False),
+                                       ("lora", False)])
+def test_generated_answers_do_not_depend_on_padding(name, apart):
+    """peft's prompt tuning and P-Tuning generate without position ids, so a left-padded prompt sits
+    further from its virtual tokens than when alone (logits move ~1e-3 on a tiny Llama): such models
+    generate each prompt length as its own unpadded batch. Every method's batched answers equal the
+    answers each row gets alone."""
+    import torch
+    import yaml
+
+    from peftbench.config.paths import conf_dir
+    from peftbench.lit.generation import generate_continuations, positions_ignore_padding
+    from peftbench.methods.registry import get_method
+    from peftbench.models import build_context, load_model, load_tokenizer, resolve_spec
+
+    spec = resolve_spec(yaml.safe_load((conf_dir() / "model" / "llama.yaml").read_text()), "tiny")
+    tok = load_tokenizer(spec)
+    ctx = build_context(spec, "causal_lm")
+    method = get_method(name)()
+    method.check(ctx)
+    model = method.apply(load_model(spec, "causal_lm", 0, tok), ctx).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+    assert positions_ignore_padding(model) is apart
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [9, 10, 11, 12, 13, 14], [0, 0, 0, 8, 9, 10], [0, 0, 0, 0, 0, 4]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1] * 6, [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+    seen = []
+    generate = model.generate
+
+    def spy(**kw):
+        seen.append(kw["attention_mask"].clone())
+        return generate(**kw)
+
+    model.generate = spy
+    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        batched = generate_continuations(model, ids, mask, **gen)
+        alone = [generate_continuations(model, i[m.bool()][None], m[m.bool()][None], **gen)[0]
+                 for i, m in zip(ids, mask)]
+    assert batched.shape == (4, 4)
+    assert [r.tolist() for r in batched] == [a.tolist() for a in alone]
+    batched_calls = seen[:len(seen) - 4]
+    if apart:  # one call per prompt length (3, 6, 1), none padded
+        assert len(batched_calls) == 3 and all(bool(m.all()) for m in batched_calls)
+    else:
+        assert len(batched_calls) == 1 and not bool(batched_calls[0].all())
+
+
 def test_parse_label():
     from peftbench.lit.generation import parse_label
 

@@ -51,6 +51,36 @@ def split_sft_rows(batch: Mapping[str, torch.Tensor], pad_id: int) -> tuple[torc
     return out, mask, responses
 
 
+def positions_ignore_padding(model: Any) -> bool:
+    """True for peft's prompt-learning models that prepend virtual-token embeddings (prompt tuning,
+    P-Tuning, …): their ``generate`` drops position ids, so a left-padded prompt would sit as many
+    positions further from its virtual tokens as it has padding, unlike any training row. The prefix
+    family (prefix tuning, P-Tuning v2) offsets the mask-derived positions and is padding-invariant."""
+    cfg = getattr(model, "active_peft_config", None)
+    kind = getattr(getattr(cfg, "peft_type", None), "value", None)
+    return bool(getattr(cfg, "is_prompt_learning", False)) and kind not in ("PREFIX_TUNING", "CARTRIDGE")
+
+
+def generate_continuations(model: Any, ids: torch.Tensor, mask: torch.Tensor, **generate: Any) -> torch.Tensor:
+    """Greedy continuations (new tokens only, pad-filled) of left-padded prompts, one batch — or, for
+    a model whose positions ignore padding, one batch per prompt length, so no prompt is padded and
+    each row's answer is the one it gets alone."""
+    if not positions_ignore_padding(model):
+        return model.generate(input_ids=ids, attention_mask=mask, **generate)[:, ids.shape[1]:]
+    lengths = mask.sum(1)
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero().flatten()
+        cut = min(ids.shape[1] - int(n), ids.shape[1] - 1)  # the rows' shared left padding
+        parts.append((rows, model.generate(input_ids=ids[rows, cut:], attention_mask=mask[rows, cut:],
+                                           **generate)[:, ids.shape[1] - cut:]))
+    out = torch.full((len(ids), max(p.shape[1] for _, p in parts)), int(generate.get("pad_token_id") or 0),
+                     dtype=ids.dtype, device=ids.device)
+    for rows, new in parts:
+        out[rows, :new.shape[1]] = new
+    return out
+
+
 class GeneratedLabels:
     """Greedy answers to an SFT batch's prompts, parsed into labels: (correct, valid) per row."""
 
@@ -64,9 +94,9 @@ class GeneratedLabels:
         ids, mask, responses = split_sft_rows(batch, pad)
         if not responses:
             return [], []
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=tok.eos_token_id)
-        texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        new = generate_continuations(model, ids, mask, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                     pad_token_id=pad, eos_token_id=tok.eos_token_id)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
         gold = [parse_label(tok.decode(r, skip_special_tokens=True), self.names) for r in responses]
         return gold, [parse_label(t, self.names) for t in texts]
 
