@@ -134,12 +134,15 @@ def test_generated_answers_do_not_depend_on_padding(name, apart):
     assert positions_ignore_padding(model) is apart
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [9, 10, 11, 12, 13, 14], [0, 0, 0, 8, 9, 10], [0, 0, 0, 0, 0, 4]])
     mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1] * 6, [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
-    seen = []
+    seen, scores = [], {}
     generate = model.generate
 
-    def spy(**kw):
+    def spy(**kw):  # each row's scores at every step, keyed by its unpadded prompt
         seen.append(kw["attention_mask"].clone())
-        return generate(**kw)
+        out = generate(**kw, output_scores=True, return_dict_in_generate=True)
+        for i, (row, m) in enumerate(zip(kw["input_ids"], kw["attention_mask"])):
+            scores.setdefault(tuple(row[m.bool()].tolist()), []).append(torch.stack([s[i] for s in out.scores]))
+        return out.sequences
 
     model.generate = spy
     gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -149,6 +152,8 @@ def test_generated_answers_do_not_depend_on_padding(name, apart):
                  for i, m in zip(ids, mask)]
     assert batched.shape == (4, 4)
     assert [r.tolist() for r in batched] == [a.tolist() for a in alone]
+    for prompt, (in_batch, by_itself) in scores.items():  # the old batched path moved them by ~1e-3
+        torch.testing.assert_close(in_batch, by_itself, rtol=0, atol=1e-5, msg=lambda m: f"{prompt}: {m}")
     batched_calls = seen[:len(seen) - 4]
     if apart:  # one call per prompt length (3, 6, 1), none padded
         assert len(batched_calls) == 3 and all(bool(m.all()) for m in batched_calls)

@@ -64,17 +64,18 @@ def positions_ignore_padding(model: Any) -> bool:
 def generate_continuations(model: Any, ids: torch.Tensor, mask: torch.Tensor, **generate: Any) -> torch.Tensor:
     """Greedy continuations (new tokens only, pad-filled) of left-padded prompts, one batch — or, for
     a model whose positions ignore padding, one batch per prompt length, so no prompt is padded and
-    each row's answer is the one it gets alone."""
+    each row's answer is the one it gets alone (at the cost of up to one ``generate`` per row)."""
     if not positions_ignore_padding(model):
         return model.generate(input_ids=ids, attention_mask=mask, **generate)[:, ids.shape[1]:]
     lengths = mask.sum(1)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     for n in lengths.unique().tolist():
         rows = (lengths == n).nonzero().flatten()
-        cut = min(ids.shape[1] - int(n), ids.shape[1] - 1)  # the rows' shared left padding
+        cut = max(0, min(ids.shape[1] - int(n), ids.shape[1] - 1))  # the rows' shared left padding
         parts.append((rows, model.generate(input_ids=ids[rows, cut:], attention_mask=mask[rows, cut:],
                                            **generate)[:, ids.shape[1] - cut:]))
-    out = torch.full((len(ids), max(p.shape[1] for _, p in parts)), int(generate.get("pad_token_id") or 0),
+    pad = generate.get("pad_token_id")
+    out = torch.full((len(ids), max(p.shape[1] for _, p in parts)), 0 if pad is None else int(pad),
                      dtype=ids.dtype, device=ids.device)
     for rows, new in parts:
         out[rows, :new.shape[1]] = new
