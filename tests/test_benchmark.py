@@ -268,6 +268,26 @@ def test_a_bad_grid_key_is_refused(tmp_path, key, bad, why):
         suite.load_grid(p)
 
 
+def test_the_untuned_method_alone_scores_the_model_before_training(tmp_path):
+    """A task with no majority class (SFT) gets its base-model row from one method's runs, measured
+    before fit; the other methods' runs (and their run ids) are untouched."""
+    g = grids()["standard_cpu"]
+    alpaca = dataclasses.replace(next(t for t in g.tasks if t.name == "alpaca_sft"), untuned="full")
+    g = dataclasses.replace(g, tasks=[alpaca])
+    by_method = {c.method: c.overrides(g) for c in cells(g, available_methods(g.methods)[0])}
+    assert set(by_method) == {"full", "lora", "ia3", "houlsby", "prefix_tuning"}
+    assert "measure.before=true" in by_method["full"]
+    assert not any("measure.before" in o for m, ov in by_method.items() if m != "full" for o in ov)
+    p = tmp_path / "g.yaml"
+    # not one the task runs / not a name / not a method of the grid (the task runs the grid's)
+    for own, bad in ((" methods: [full],", "dora"), (" methods: [full],", "[full]"), ("", "vera")):
+        p.write_text(f"methods: [full, dora]\nseeds: [1]\nlrs: {{default: [1.0e-3]}}\n"
+                     f"tasks: [{{name: t, models: {{m: [s]}}, select: val/loss, report: test/ppl, overrides: [],"
+                     f"{own} untuned: {bad}}}]\n")
+        with pytest.raises(ConfigError, match="untuned must name one method the task runs"):
+            suite.load_grid(p)
+
+
 def test_the_front_page_never_replaces_a_hand_written_reading(tmp_path):
     """A relaunch of a finished benchmark rewrites its generated front page, not what a person wrote."""
     page, text = suite.front_page(tmp_path, "# generated v1")
@@ -368,6 +388,8 @@ def test_quick_edition_end_to_end_with_two_workers_and_a_resume(tmp_path):
     assert list((report / "plots").glob("*.png")) and not list((report / "plots").glob("*.svg"))
     md = (report / "report.md").read_text()
     assert "| vs lora (" in md and "_vs bitfit [lr=" in md
+    # the LM task's `untuned: lora`: its runs scored the model before training, the table's baseline row
+    assert "| _base model (untuned)_ |" in md
     regen = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", str(runs), "--out", str(tmp_path / "r2"),
                             *(report / "report-args").read_text().split()],
                            cwd=REPO, env=env, capture_output=True, text=True, check=False)

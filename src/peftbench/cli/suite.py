@@ -67,6 +67,9 @@ class Task:
     splits: str = field(default="", hash=False, compare=False)  # which split selects, which is reported
     # None: the grid's extend_edges (a task whose optimum lies far from the shared lr grid needs more rounds)
     extend_edges: int | None = field(default=None, hash=False, compare=False)
+    # a method whose runs also score the model before training (measure.before): the table's untuned-base-model
+    # row; it must start from the base model itself (full, or an adapter initialised to the identity)
+    untuned: str | None = None
 
     def own_methods(self, methods: list[str]) -> list[str]:
         """The grid's available methods this task runs."""
@@ -112,7 +115,7 @@ class Grid:
 
 GRID_KEYS = {"common", "methods", "seeds", "lrs", "pretrain", "runs_from", "tasks", "extend_edges", "references"}
 TASK_KEYS = {"name", "overrides", "select", "report", "models", "methods", "seeds", "lrs", "cost", "splits",
-             "extend_edges"}
+             "extend_edges", "untuned"}
 
 
 def task_key(t: Task) -> str:
@@ -151,7 +154,17 @@ def _task(raw: dict[str, Any], where: str) -> Task:
     return Task(str(raw["name"]), tuple(str(o) for o in raw["overrides"]), raw["select"], raw["report"], models,
                 lrs=_lrs(raw["lrs"]) if raw.get("lrs") else None, cost=float(raw.get("cost", 1.0)),
                 splits=str(raw.get("splits") or ""),
-                extend_edges=_rounds(raw["extend_edges"], where) if "extend_edges" in raw else None, **own)
+                extend_edges=_rounds(raw["extend_edges"], where) if "extend_edges" in raw else None,
+                untuned=_untuned(raw.get("untuned"), own.get("methods"), where), **own)
+
+
+def _untuned(value: Any, methods: tuple[str, ...] | None, where: str) -> str | None:
+    """``untuned``: one method the task runs (checked against the grid's methods in ``load_grid``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or (methods is not None and value not in methods):
+        raise ConfigError(f"{where}: untuned must name one method the task runs, got {value!r}", option="untuned")
+    return value
 
 
 def load_grid(path: Path) -> Grid:
@@ -163,6 +176,10 @@ def load_grid(path: Path) -> Grid:
     common = {"common": tuple(raw["common"])} if "common" in raw else {}  # else the dataclass default
     extend = _rounds(raw.get("extend_edges", 1), str(path))
     tasks = [_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])]
+    for t in tasks:
+        if t.untuned is not None and t.untuned not in raw["methods"]:
+            raise ConfigError(f"{path}: task {t.name}: untuned must name one method the task runs, got "
+                              f"{t.untuned!r}", option="untuned")
     refs = raw.get("references", ["full"])  # the default needs no full row: the report then says n/a
     if "references" in raw and (not isinstance(refs, list) or not refs or len(set(refs)) < len(refs)
                                 or any(r not in raw["methods"] for r in refs)):
@@ -204,6 +221,8 @@ class Cell:
         own = []
         if self.model == "gpt2_local" and self.size in grid.pretrain and shared is not None:
             own = [f"model.sizes.{self.size}.local={portable(pretrained_dir(grid, self.size, shared))}"]
+        if self.method == self.task.untuned:
+            own.insert(0, "measure.before=true")
         return [*grid.common, f"model={self.model}", f"model_size={self.size}", f"method={self.method}",
                 *self.task.overrides, *own, f"optim.lr={self.lr}", f"seed={self.seed}"]
 
