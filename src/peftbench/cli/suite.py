@@ -155,16 +155,7 @@ def _task(raw: dict[str, Any], where: str) -> Task:
                 lrs=_lrs(raw["lrs"]) if raw.get("lrs") else None, cost=float(raw.get("cost", 1.0)),
                 splits=str(raw.get("splits") or ""),
                 extend_edges=_rounds(raw["extend_edges"], where) if "extend_edges" in raw else None,
-                untuned=_untuned(raw.get("untuned"), own.get("methods"), where), **own)
-
-
-def _untuned(value: Any, methods: tuple[str, ...] | None, where: str) -> str | None:
-    """``untuned``: one method the task runs (checked against the grid's methods in ``load_grid``)."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or (methods is not None and value not in methods):
-        raise ConfigError(f"{where}: untuned must name one method the task runs, got {value!r}", option="untuned")
-    return value
+                untuned=raw.get("untuned"), **own)
 
 
 def load_grid(path: Path) -> Grid:
@@ -176,8 +167,8 @@ def load_grid(path: Path) -> Grid:
     common = {"common": tuple(raw["common"])} if "common" in raw else {}  # else the dataclass default
     extend = _rounds(raw.get("extend_edges", 1), str(path))
     tasks = [_task(x, f"{path.name} tasks[{i}]") for i, x in enumerate(raw["tasks"])]
-    for t in tasks:
-        if t.untuned is not None and t.untuned not in raw["methods"]:
+    for t in tasks:  # `untuned`: one method the task runs (Task.own_methods), or none
+        if t.untuned is not None and (not isinstance(t.untuned, str) or t.untuned not in t.own_methods(raw["methods"])):
             raise ConfigError(f"{path}: task {t.name}: untuned must name one method the task runs, got "
                               f"{t.untuned!r}", option="untuned")
     refs = raw.get("references", ["full"])  # the default needs no full row: the report then says n/a
